@@ -1,0 +1,3 @@
+"""ftjax: fine-tuning strategies for medical image classification in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Conversion of torchvision ImageNet weights for ftjax."""
