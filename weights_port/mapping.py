@@ -105,15 +105,19 @@ def _to_flax(arch: registry.Arch, path: tuple[str, ...], value: np.ndarray,
   return value.T
 
 
-def normalize_keys(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Drops ignored buffers and renames legacy DenseNet keys."""
+def rename_legacy_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
+  """'denselayer1.norm.1.weight' -> 'denselayer1.norm1.weight'; other keys unchanged."""
   out = {}
   for key, value in state_dict.items():
-    if key.endswith(IGNORED_SUFFIXES):
-      continue
     match = _LEGACY_DENSENET.match(key)
     out[match.group(1) + match.group(2) if match else key] = value
   return out
+
+
+def normalize_keys(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Drops ignored buffers and renames legacy DenseNet keys."""
+  return {key: value for key, value in rename_legacy_keys(state_dict).items()
+          if not key.endswith(IGNORED_SUFFIXES)}
 
 
 def _head_key(arch: registry.Arch) -> str:

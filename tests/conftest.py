@@ -1,0 +1,4 @@
+import os
+
+# The test suite is CPU-only, also on machines that have an accelerator.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")

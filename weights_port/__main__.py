@@ -1,0 +1,99 @@
+"""python -m weights_port {convert,verify,list}: torchvision ImageNet weights -> ftjax."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ftjax.models import pretrained, registry
+
+_EPILOG = """\
+Where the weights come from: torchvision publishes its ImageNet weights as .pth
+files at https://download.pytorch.org/models/<file>. Download the file for your
+architecture once (a browser, curl or wget; `python -m weights_port list` prints
+every architecture's file and URL), then convert it. ftjax never downloads
+anything at run time, and converting needs no torch.
+
+Examples:
+  python -m weights_port convert --arch resnet50 --src resnet50-11ad3fa6.pth --out weights/resnet50
+  python -m weights_port verify --arch resnet50 --src resnet50-11ad3fa6.pth --weights weights/resnet50
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m weights_port", description=__doc__, epilog=_EPILOG,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  convert = sub.add_parser("convert", help="convert a torchvision .pth file",
+                           epilog=_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+  convert.add_argument("--arch", required=True, choices=list(registry.ARCHS),
+                       metavar="ARCH", help="architecture: " + ", ".join(registry.ARCHS))
+  convert.add_argument("--src", required=True, help="the torchvision .pth file")
+  convert.add_argument("--out", required=True,
+                       help="output directory (e.g. weights/resnet50); configs point "
+                            "weights_dir at it or at its parent")
+  convert.add_argument("--no-check-hash", dest="check_hash", action="store_false",
+                       help="skip comparing the file's sha256 with the hash in its name")
+
+  verify = sub.add_parser("verify", help="compare converted weights with torchvision "
+                                         "(needs torch and torchvision)")
+  verify.add_argument("--arch", required=True, choices=list(registry.ARCHS), metavar="ARCH")
+  verify.add_argument("--src", required=True, help="the original .pth file")
+  verify.add_argument("--weights", required=True, help="the converted directory")
+  verify.add_argument("--size", type=int, nargs=2, default=(224, 224),
+                      metavar=("H", "W"), help="input size (default 224 224)")
+
+  sub.add_parser("list", help="architectures, their torchvision files and URLs")
+  return parser
+
+
+def _convert(args) -> int:
+  from weights_port import convert  # pylint: disable=import-outside-toplevel
+
+  start = time.perf_counter()
+  print(f"Converting {args.src} as {args.arch} ...", flush=True)
+  manifest = convert.convert_file(args.arch, args.src, args.out, check_hash=args.check_hash)
+  print(f"Wrote {args.out}: {manifest['param_count']:,} parameters, "
+        f"{manifest['num_classes']} classes, sha256 {manifest['source_sha256'][:12]}... "
+        f"({time.perf_counter() - start:.1f} s)")
+  return 0
+
+
+def _verify(args) -> int:
+  try:
+    from weights_port import verify  # pylint: disable=import-outside-toplevel
+    import torchvision  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    print("verify needs torch and torchvision: pip install 'ftjax[test]'", file=sys.stderr)
+    return 2
+  verdict = verify.compare(args.arch, args.weights, args.src, image_size=tuple(args.size))
+  status = "OK" if verdict.ok else "MISMATCH"
+  print(f"{args.arch} at {args.size[0]}x{args.size[1]}: max |logit difference| "
+        f"{verdict.max_abs_diff:.3g} (max |logit| {verdict.max_abs_logit:.3g}, tolerance "
+        f"{verdict.tolerance:.3g}): {status}")
+  return 0 if verdict.ok else 1
+
+
+def _list(_) -> int:
+  print(f"{'arch':<12} {'params':>12}  {'resize':>6}  torchvision file")
+  for arch in registry.ARCHS.values():
+    print(f"{arch.name:<12} {registry.param_count(arch):>12,}  "
+          f"{arch.preprocessing.resize:>6}  {arch.weights_url}")
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    return {"convert": _convert, "verify": _verify, "list": _list}[args.command](args)
+  except (FileNotFoundError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

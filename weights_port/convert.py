@@ -1,0 +1,81 @@
+"""Conversion entry points: a torchvision .pth file or a live torch model -> ftjax."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+import re
+from typing import Any
+
+import jax
+import numpy as np
+
+from ftjax.models import pretrained, registry
+from weights_port import mapping, pth
+
+CONVERTER_VERSION = "1"
+# torchvision names its files '<arch>-<first hex digits of the sha256>.pth'.
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.pth$")
+
+
+class HashMismatchError(ValueError):
+  pass
+
+
+def check_file_hash(src: pathlib.Path, sha256: str) -> None:
+  """Refuses a torchvision file whose content does not match its name."""
+  match = _HASH_IN_NAME.search(src.name)
+  if match and not sha256.startswith(match.group(1)):
+    raise HashMismatchError(
+        f"{src}: its sha256 is {sha256[:16]}..., but the name says it starts with "
+        f"{match.group(1)}: the download is incomplete or corrupt. Download it again "
+        f"(or pass --no-check-hash if you renamed a file you trust).")
+
+
+def convert_state_dict(arch: str | registry.Arch, state_dict: dict[str, Any],
+                       out_dir: str | os.PathLike, *, source: str = "state_dict",
+                       sha256: str | None = None) -> dict[str, Any]:
+  """Converts, checks and writes; returns the manifest."""
+  arch = registry.get_arch(arch) if isinstance(arch, str) else arch
+  variables = mapping.torch_to_flax(arch, state_dict, source=source)
+  num_classes = int(variables["params"]["head"]["kernel"].shape[-1])
+  manifest = {
+      "arch": arch.name,
+      "num_classes": num_classes,
+      "param_count": int(sum(np.size(v) for v in jax.tree_util.tree_leaves(variables["params"]))),
+      "source": source,
+      "source_sha256": sha256,
+      # The torchvision weight name, when the source is one of torchvision's files.
+      "torchvision_weights": source if _HASH_IN_NAME.search(source) else None,
+      "converter_version": CONVERTER_VERSION,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }
+  pretrained.save_converted(out_dir, variables, manifest)
+  return manifest
+
+
+def convert_file(arch: str | registry.Arch, src: str | os.PathLike,
+                 out_dir: str | os.PathLike, *, check_hash: bool = True) -> dict[str, Any]:
+  """Reads a torchvision .pth without torch and writes the ftjax checkpoint."""
+  src = pathlib.Path(src)
+  arch = registry.get_arch(arch) if isinstance(arch, str) else arch
+  if not src.is_file():
+    raise FileNotFoundError(
+        f"{src}: no such file. Download torchvision's {arch.name} weights from "
+        f"{arch.weights_url} and pass that file to --src.")
+  sha256 = pth.sha256_of(src)
+  if check_hash:
+    check_file_hash(src, sha256)
+  state_dict = pth.read_state_dict(src)
+  return convert_state_dict(arch, state_dict, out_dir, source=src.name, sha256=sha256)
+
+
+def convert_torch(arch: str | registry.Arch, model_or_state_dict: Any,
+                  out_dir: str | os.PathLike) -> dict[str, Any]:
+  """Converts a live torch nn.Module or state_dict (needs torch installed)."""
+  state_dict = (model_or_state_dict.state_dict()
+                if hasattr(model_or_state_dict, "state_dict") else model_or_state_dict)
+  arrays = {key: value.detach().cpu().numpy() for key, value in state_dict.items()}
+  return convert_state_dict(arch, arrays, out_dir, source=type(model_or_state_dict).__name__)
+
