@@ -125,20 +125,24 @@ def get_arch(name: str) -> Arch:
 
 def init_variables(arch: str | Arch, rng: jax.Array | int = 0, num_classes: int = 1000,
                    image_size: int = 64) -> dict[str, Any]:
-  """Randomly initialised {'params', 'batch_stats'} (torchvision's init scheme)."""
+  """Randomly initialised {'params', 'batch_stats'} (torchvision's init scheme).
+
+  'batch_stats' is present, possibly empty, for every architecture.
+  """
   arch = get_arch(arch) if isinstance(arch, str) else arch
   rng = jax.random.key(rng) if isinstance(rng, int) else rng
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  return dict(jax.jit(arch.build(num_classes).init, static_argnames="train")(rng, dummy))
+  variables = jax.jit(arch.build(num_classes).init, static_argnames="train")(rng, dummy)
+  return {"batch_stats": {}, **variables}  # uniform across families (VGG has no BN)
 
 
 def variable_shapes(arch: str | Arch, num_classes: int = 1000) -> dict[str, Any]:
   """The variables' ShapeDtypeStructs, computed without allocating them."""
   arch = get_arch(arch) if isinstance(arch, str) else arch
   dummy = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  return dict(jax.eval_shape(
-      functools.partial(arch.build(num_classes).init, train=False), jax.random.key(0),
-      dummy))
+  shapes = jax.eval_shape(functools.partial(arch.build(num_classes).init, train=False),
+                          jax.random.key(0), dummy)
+  return {"batch_stats": {}, **shapes}
 
 
 def _size(tree) -> int:
