@@ -17,13 +17,6 @@ ALL_ARCHS = list(registry.ARCHS)
 DEEP = {"resnet101", "resnet152", "densenet161", "densenet169", "densenet201"}
 
 
-def _within(actual, reference, rel=1e-4):
-  """|difference| <= rel * max(1, max |reference|), the float32 parity criterion."""
-  diff = np.max(np.abs(np.asarray(actual) - reference))
-  bound = rel * max(1.0, float(np.max(np.abs(reference))))
-  assert diff <= bound, f"max |diff| {diff:.3g} > {bound:.3g}"
-
-
 def _images(shape, seed=0):
   return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
@@ -71,7 +64,7 @@ def test_logits_match_torchvision_small_odd_size(arch):
   logits = jax.jit(registry.get_arch(arch).build(7).apply)(
       variables, images.transpose(0, 2, 3, 1))
   assert logits.shape == (2, 7) and logits.dtype == jnp.float32
-  _within(logits, reference)
+  torch_models.assert_matches(logits, reference)
 
 
 def _block_modules(arch, model):
@@ -93,11 +86,11 @@ def test_block_outputs_match_torchvision_odd_size(arch):
       capture_intermediates=lambda module, method: len(module.path) == 1,
       mutable=["intermediates"]))
   logits, state = apply(variables, images.transpose(0, 2, 3, 1))
-  _within(logits, reference)
+  torch_models.assert_matches(logits, reference)
   for block in block_modules:
     ours = state["intermediates"][block]["__call__"][0]
     assert ours.shape == blocks[block].shape, block
-    _within(ours, blocks[block])
+    torch_models.assert_matches(ours, blocks[block])
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "densenet121", "vgg11_bn"])
@@ -121,7 +114,7 @@ def test_train_mode_batchnorm_updates_like_torch(arch):
                           rngs={"dropout": jax.random.key(0)})
   # Normalising by statistics of a few values amplifies float32 rounding in deep
   # layers (DenseNet's last block sees 2x1 pixels), hence 1e-3 here.
-  _within(logits, reference, rel=1e-3)
+  torch_models.assert_matches(logits, reference, rel=1e-3)
   flat_ours = jax.tree_util.tree_leaves_with_path(updated["batch_stats"])
   flat_ref = dict(jax.tree_util.tree_leaves_with_path(expected["batch_stats"]))
   assert len(flat_ours) == len(flat_ref) > 0

@@ -17,11 +17,6 @@ from weights_port import __main__ as cli
 from weights_port import convert, mapping
 
 
-def _within(actual, reference, rel=1e-4):
-  diff = np.max(np.abs(np.asarray(actual) - reference))
-  assert diff <= rel * max(1.0, float(np.max(np.abs(reference)))), diff
-
-
 @pytest.fixture(scope="module")
 def resnet18_file(tmp_path_factory):
   path = tmp_path_factory.mktemp("pth") / "resnet18.pth"
@@ -67,7 +62,7 @@ def test_convert_file_then_load_pretrained_matches_torchvision_224(arch, legacy,
     reference = model(torch.from_numpy(images)).numpy()
   logits = jax.jit(flax_model.apply)(variables, images.transpose(0, 2, 3, 1))
   assert logits.shape == (2, 3)
-  _within(logits, reference)
+  torch_models.assert_matches(logits, reference)
 
   manifest = json.loads((tmp_path / "weights" / arch / "manifest.json").read_text())
   assert manifest["arch"] == arch
@@ -107,7 +102,7 @@ def test_convert_live_torch_module(tmp_path):
   images = np.random.default_rng(1).standard_normal((1, 3, 48, 48), dtype=np.float32)
   with torch.no_grad():
     reference = model(torch.from_numpy(images)).numpy()
-  _within(registry.get_arch("resnet18").build(5).apply(
+  torch_models.assert_matches(registry.get_arch("resnet18").build(5).apply(
       variables, images.transpose(0, 2, 3, 1)), reference)
 
 

@@ -71,3 +71,10 @@ def forward_with_blocks(model: torch.nn.Module, images_nchw: np.ndarray,
   nhwc = {k: (v.numpy().transpose(0, 2, 3, 1) if v.ndim == 4 else v.numpy())
           for k, v in outputs.items()}
   return logits, nhwc
+
+
+def assert_matches(actual, reference: np.ndarray, rel: float = 1e-4) -> None:
+  """|difference| <= rel * max(1, max |reference|): the float32 parity criterion."""
+  diff = float(np.max(np.abs(np.asarray(actual) - reference)))
+  bound = rel * max(1.0, float(np.max(np.abs(reference))))
+  assert diff <= bound, f"max |diff| {diff:.3g} > {bound:.3g}"

@@ -3,9 +3,9 @@
 Two on-disk layouts are understood:
 
 * the zip archive written by ``torch.save`` since torch 1.6
-  (``<prefix>/data.pkl``, ``<prefix>/data/<key>``, ``<prefix>/byteorder``);
+ (``<prefix>/data.pkl``, ``<prefix>/data/<key>``, ``<prefix>/byteorder``);
 * the older "legacy" stream of pickles followed by raw storages, which
-  torchvision's early weight files (e.g. ``vgg19-dcbb9e9d.pth``) still use.
+ torchvision's early weight files (e.g. ``vgg19-dcbb9e9d.pth``) still use.
 
 The pickles are read by an unpickler that admits only the handful of globals
 a plain ``state_dict`` needs, each replaced by a local marker, so a hostile
@@ -28,56 +28,56 @@ import ml_dtypes
 import numpy as np
 
 __all__ = [
-    "PthError",
-    "PthFormatError",
-    "UnsafePickleError",
-    "read_state_dict",
-    "sha256_of",
+  "PthError",
+  "PthFormatError",
+  "UnsafePickleError",
+  "read_state_dict",
+  "sha256_of",
 ]
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 _STORAGE_DTYPES: dict[str, np.dtype] = {
-    "FloatStorage": np.dtype(np.float32),
-    "DoubleStorage": np.dtype(np.float64),
-    "HalfStorage": np.dtype(np.float16),
-    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype(np.int64),
-    "IntStorage": np.dtype(np.int32),
-    "ShortStorage": np.dtype(np.int16),
-    "CharStorage": np.dtype(np.int8),
-    "ByteStorage": np.dtype(np.uint8),
-    "BoolStorage": np.dtype(np.bool_),
+  "FloatStorage": np.dtype(np.float32),
+  "DoubleStorage": np.dtype(np.float64),
+  "HalfStorage": np.dtype(np.float16),
+  "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+  "LongStorage": np.dtype(np.int64),
+  "IntStorage": np.dtype(np.int32),
+  "ShortStorage": np.dtype(np.int16),
+  "CharStorage": np.dtype(np.int8),
+  "ByteStorage": np.dtype(np.uint8),
+  "BoolStorage": np.dtype(np.bool_),
 }
 
 
 class PthError(ValueError):
-    """A .pth file could not be turned into a state_dict."""
+  """A .pth file could not be turned into a state_dict."""
 
 
 class UnsafePickleError(PthError):
-    """The file's pickle asks for something other than tensor rebuilding."""
+  """The file's pickle asks for something other than tensor rebuilding."""
 
 
 class PthFormatError(PthError):
-    """The file is not a readable PyTorch checkpoint (truncated, corrupt, unknown)."""
+  """The file is not a readable PyTorch checkpoint (truncated, corrupt, unknown)."""
 
 
 def _truncated(path: str, detail: str) -> PthFormatError:
-    name = os.path.basename(path)
-    return PthFormatError(
-        f"{path}: the file is truncated or corrupt ({detail}). Download it again; "
-        f"torchvision file names carry the first 8 hex digits of their sha256 "
-        f"(e.g. resnet50-11ad3fa6.pth), so compare them with `sha256sum {name}`."
-    )
+  name = os.path.basename(path)
+  return PthFormatError(
+    f"{path}: the file is truncated or corrupt ({detail}). Download it again; "
+    f"torchvision file names carry the first 8 hex digits of their sha256 "
+    f"(e.g. resnet50-11ad3fa6.pth), so compare them with `sha256sum {name}`."
+  )
 
 
 def _not_state_dict(path: str, detail: str) -> PthFormatError:
-    return PthFormatError(
-        f"{path}: {detail}, so it is not a plain state_dict; ftjax reads only those. "
-        f"Re-save it with torch.save(model.state_dict(), path)."
-    )
+  return PthFormatError(
+    f"{path}: {detail}, so it is not a plain state_dict; ftjax reads only those. "
+    f"Re-save it with torch.save(model.state_dict(), path)."
+  )
 
 
 # --- markers standing in for the admitted torch globals -------------------------
@@ -85,291 +85,291 @@ def _not_state_dict(path: str, detail: str) -> PthFormatError:
 
 @dataclass(frozen=True)
 class _StorageType:
-    name: str
-    dtype: np.dtype
+  name: str
+  dtype: np.dtype
 
 
 @dataclass(frozen=True)
 class _StorageRef:
-    key: str
-    dtype: np.dtype
-    offset: int  # in elements into the root storage; nonzero only for legacy views
-    numel: int
+  key: str
+  dtype: np.dtype
+  offset: int  # in elements into the root storage; nonzero only for legacy views
+  numel: int
 
 
 @dataclass(frozen=True)
 class _TensorRef:
-    storage: _StorageRef
-    offset: int
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
+  storage: _StorageRef
+  offset: int
+  size: tuple[int, ...]
+  stride: tuple[int, ...]
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        raise ValueError(f"tensor {what} {value!r} is not a tuple of ints")
-    return tuple(value)
+  if not isinstance(value, (tuple, list)) or not all(
+    isinstance(v, int) and not isinstance(v, bool) for v in value
+  ):
+    raise ValueError(f"tensor {what} {value!r} is not a tuple of ints")
+  return tuple(value)
 
 
 def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> _TensorRef:
-    if not isinstance(storage, _StorageRef):
-        raise ValueError(f"tensor data is a {type(storage).__name__}, not a storage")
-    size_t, stride_t = _int_tuple(size, "size"), _int_tuple(stride, "stride")
-    if not isinstance(storage_offset, int) or len(size_t) != len(stride_t):
-        raise ValueError(f"bad tensor layout: offset {storage_offset!r}, size {size_t}, stride {stride_t}")
-    return _TensorRef(storage, storage_offset, size_t, stride_t)
+  if not isinstance(storage, _StorageRef):
+    raise ValueError(f"tensor data is a {type(storage).__name__}, not a storage")
+  size_t, stride_t = _int_tuple(size, "size"), _int_tuple(stride, "stride")
+  if not isinstance(storage_offset, int) or len(size_t) != len(stride_t):
+    raise ValueError(f"bad tensor layout: offset {storage_offset!r}, size {size_t}, stride {stride_t}")
+  return _TensorRef(storage, storage_offset, size_t, stride_t)
 
 
 def _rebuild_tensor_v2(
-    storage: Any, storage_offset: Any, size: Any, stride: Any,
-    requires_grad: Any, backward_hooks: Any, metadata: Any = None,
+  storage: Any, storage_offset: Any, size: Any, stride: Any,
+  requires_grad: Any, backward_hooks: Any, metadata: Any = None,
 ) -> _TensorRef:
-    # metadata carries conj/neg bits, which never apply to real-valued weights.
-    if metadata and any(metadata.values()):
-        raise ValueError(f"unsupported tensor metadata {metadata!r}")
-    return _rebuild_tensor(storage, storage_offset, size, stride)
+  # metadata carries conj/neg bits, which never apply to real-valued weights.
+  if metadata and any(metadata.values()):
+    raise ValueError(f"unsupported tensor metadata {metadata!r}")
+  return _rebuild_tensor(storage, storage_offset, size, stride)
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> _TensorRef:
-    if not isinstance(data, _TensorRef):
-        raise ValueError(f"parameter data is a {type(data).__name__}, not a tensor")
-    return data
+  if not isinstance(data, _TensorRef):
+    raise ValueError(f"parameter data is a {type(data).__name__}, not a tensor")
+  return data
 
 
 _REBUILDERS: dict[str, Callable[..., _TensorRef]] = {
-    "_rebuild_tensor_v2": _rebuild_tensor_v2,
-    "_rebuild_tensor": _rebuild_tensor,
-    "_rebuild_parameter": _rebuild_parameter,
+  "_rebuild_tensor_v2": _rebuild_tensor_v2,
+  "_rebuild_tensor": _rebuild_tensor,
+  "_rebuild_parameter": _rebuild_parameter,
 }
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose globals are limited to what a plain state_dict uses."""
+  """Unpickler whose globals are limited to what a plain state_dict uses."""
 
-    def __init__(self, file: IO[bytes], path: str, legacy: bool,
+  def __init__(self, file: IO[bytes], path: str, legacy: bool,
                  roots: dict[str, tuple[np.dtype, int]]) -> None:
-        super().__init__(file, encoding="utf-8")
-        self._path = path
-        self._legacy = legacy
-        self._roots = roots  # storage key -> (dtype, numel), filled as ids are seen
+    super().__init__(file, encoding="utf-8")
+    self._path = path
+    self._legacy = legacy
+    self._roots = roots  # storage key -> (dtype, numel), filled as ids are seen
 
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "collections" and name == "OrderedDict":
-            return collections.OrderedDict
-        if module == "torch._utils" and name in _REBUILDERS:
-            return _REBUILDERS[name]
-        # Old files saved from a GPU name torch.cuda.*Storage; the bytes are the same.
-        if module in ("torch", "torch.cuda") and name in _STORAGE_DTYPES:
-            return _StorageType(name, _STORAGE_DTYPES[name])
-        if module == "__builtin__":  # protocol-2 pickles spell builtins the Python 2 way
-            module = "builtins"
-        raise UnsafePickleError(
-            f"{self._path}: refused to load: its pickle asks for '{module}.{name}', which is "
-            f"not a tensor-rebuild function; ftjax reads only plain state_dict files. "
-            f"Re-save it with torch.save(model.state_dict(), path) from a trusted source."
-        )
+  def find_class(self, module: str, name: str) -> Any:
+    if module == "collections" and name == "OrderedDict":
+      return collections.OrderedDict
+    if module == "torch._utils" and name in _REBUILDERS:
+      return _REBUILDERS[name]
+    # Old files saved from a GPU name torch.cuda.*Storage; the bytes are the same.
+    if module in ("torch", "torch.cuda") and name in _STORAGE_DTYPES:
+      return _StorageType(name, _STORAGE_DTYPES[name])
+    if module == "__builtin__":  # protocol-2 pickles spell builtins the Python 2 way
+      module = "builtins"
+    raise UnsafePickleError(
+      f"{self._path}: refused to load: its pickle asks for '{module}.{name}', which is "
+      f"not a tensor-rebuild function; ftjax reads only plain state_dict files. "
+      f"Re-save it with torch.save(model.state_dict(), path) from a trusted source."
+    )
 
-    def persistent_load(self, pid: Any) -> _StorageRef:
-        if not isinstance(pid, tuple) or len(pid) != (6 if self._legacy else 5):
-            raise ValueError(f"unexpected persistent id {pid!r}")
-        kind, storage_type, key, _location, numel = (
-            v.decode("ascii") if isinstance(v, bytes) else v for v in pid[:5]
-        )
-        if kind != "storage" or not isinstance(storage_type, _StorageType):
-            raise ValueError(f"unexpected persistent id {pid!r}")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise ValueError(f"unexpected persistent id {pid!r}")
-        dtype, root_numel = self._roots.setdefault(key, (storage_type.dtype, numel))
-        if dtype != storage_type.dtype:
-            raise ValueError(f"storage {key} is read as both {dtype} and {storage_type.dtype}")
-        view = pid[5] if self._legacy else None
-        if view is None:
-            return _StorageRef(key, dtype, 0, root_numel)
-        _view_key, offset, view_numel = view
-        if not (isinstance(offset, int) and isinstance(view_numel, int)
-                and 0 <= offset and 0 <= view_numel and offset + view_numel <= root_numel):
-            raise ValueError(f"storage view {view!r} lies outside storage {key}")
-        return _StorageRef(key, dtype, offset, view_numel)
+  def persistent_load(self, pid: Any) -> _StorageRef:
+    if not isinstance(pid, tuple) or len(pid) != (6 if self._legacy else 5):
+      raise ValueError(f"unexpected persistent id {pid!r}")
+    kind, storage_type, key, _location, numel = (
+      v.decode("ascii") if isinstance(v, bytes) else v for v in pid[:5]
+    )
+    if kind != "storage" or not isinstance(storage_type, _StorageType):
+      raise ValueError(f"unexpected persistent id {pid!r}")
+    if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+      raise ValueError(f"unexpected persistent id {pid!r}")
+    dtype, root_numel = self._roots.setdefault(key, (storage_type.dtype, numel))
+    if dtype != storage_type.dtype:
+      raise ValueError(f"storage {key} is read as both {dtype} and {storage_type.dtype}")
+    view = pid[5] if self._legacy else None
+    if view is None:
+      return _StorageRef(key, dtype, 0, root_numel)
+    _view_key, offset, view_numel = view
+    if not (isinstance(offset, int) and isinstance(view_numel, int)
+        and 0 <= offset and 0 <= view_numel and offset + view_numel <= root_numel):
+      raise ValueError(f"storage view {view!r} lies outside storage {key}")
+    return _StorageRef(key, dtype, offset, view_numel)
 
 
 # --- turning markers into arrays -------------------------------------------------
 
 
 def _to_array(ref: _TensorRef, raw: bytes | memoryview, big_endian: bool) -> np.ndarray:
-    """Copy one tensor out of its root storage's bytes."""
-    dtype, storage = ref.storage.dtype, ref.storage
-    if any(s < 0 for s in ref.size):
-        raise ValueError(f"negative tensor size {ref.size}")
-    if math.prod(ref.size) == 0:
-        return np.zeros(ref.size, dtype=dtype)
-    # torch never writes negative strides; refusing them keeps the bounds check simple.
-    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
-    if ref.offset < 0 or any(s < 0 for s in ref.stride) or last >= storage.numel:
-        raise ValueError(f"a tensor of size {ref.size} reaches past the end of storage {storage.key}")
-    itemsize = dtype.itemsize
-    swap = big_endian and itemsize > 1
-    # Swap through a same-width unsigned view so bfloat16 needs no special case.
-    read_dtype = np.dtype(f">u{itemsize}") if swap else dtype
-    flat = np.frombuffer(raw, dtype=read_dtype, count=storage.numel, offset=storage.offset * itemsize)
-    view = np.lib.stride_tricks.as_strided(
-        flat[ref.offset:], shape=ref.size, strides=tuple(s * itemsize for s in ref.stride)
-    )
-    out = np.array(view, order="C", copy=True)
-    if swap:
-        out = out.astype(f"=u{itemsize}").view(dtype)
-    return out
+  """Copy one tensor out of its root storage's bytes."""
+  dtype, storage = ref.storage.dtype, ref.storage
+  if any(s < 0 for s in ref.size):
+    raise ValueError(f"negative tensor size {ref.size}")
+  if math.prod(ref.size) == 0:
+    return np.zeros(ref.size, dtype=dtype)
+  # torch never writes negative strides; refusing them keeps the bounds check simple.
+  last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
+  if ref.offset < 0 or any(s < 0 for s in ref.stride) or last >= storage.numel:
+    raise ValueError(f"a tensor of size {ref.size} reaches past the end of storage {storage.key}")
+  itemsize = dtype.itemsize
+  swap = big_endian and itemsize > 1
+  # Swap through a same-width unsigned view so bfloat16 needs no special case.
+  read_dtype = np.dtype(f">u{itemsize}") if swap else dtype
+  flat = np.frombuffer(raw, dtype=read_dtype, count=storage.numel, offset=storage.offset * itemsize)
+  view = np.lib.stride_tricks.as_strided(
+    flat[ref.offset:], shape=ref.size, strides=tuple(s * itemsize for s in ref.stride)
+  )
+  out = np.array(view, order="C", copy=True)
+  if swap:
+    out = out.astype(f"=u{itemsize}").view(dtype)
+  return out
 
 
 def _collect(obj: Any, path: str) -> dict[str, _TensorRef]:
-    """Check the unpickled object is a flat name -> tensor mapping."""
-    if isinstance(obj, dict) and len(obj) == 1:
-        (key, value), = obj.items()
-        if key in ("state_dict", "model") and isinstance(value, dict):
-            obj = value
-    if not isinstance(obj, dict):
-        raise _not_state_dict(path, f"its top-level object is a {type(obj).__name__}")
-    for name, value in obj.items():
-        if not isinstance(name, str) or not isinstance(value, _TensorRef):
-            raise _not_state_dict(path, f"entry {name!r} holds a {type(value).__name__}, not a tensor")
-    return dict(obj)
+  """Check the unpickled object is a flat name -> tensor mapping."""
+  if isinstance(obj, dict) and len(obj) == 1:
+    (key, value), = obj.items()
+    if key in ("state_dict", "model") and isinstance(value, dict):
+      obj = value
+  if not isinstance(obj, dict):
+    raise _not_state_dict(path, f"its top-level object is a {type(obj).__name__}")
+  for name, value in obj.items():
+    if not isinstance(name, str) or not isinstance(value, _TensorRef):
+      raise _not_state_dict(path, f"entry {name!r} holds a {type(value).__name__}, not a tensor")
+  return dict(obj)
 
 
 def _materialize(refs: dict[str, _TensorRef], key: str, raw: bytes | memoryview,
                  big_endian: bool, out: dict[str, np.ndarray]) -> None:
-    for name, ref in refs.items():
-        if ref.storage.key == key:
-            out[name] = _to_array(ref, raw, big_endian)
+  for name, ref in refs.items():
+    if ref.storage.key == key:
+      out[name] = _to_array(ref, raw, big_endian)
 
 
 def _read_zip(path: str) -> dict[str, np.ndarray]:
-    with zipfile.ZipFile(path) as zf:
-        pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
-        if len(pkls) != 1:
-            raise _truncated(path, "the zip archive has no <prefix>/data.pkl entry")
-        prefix = pkls[0][: -len("data.pkl")]
-        byteorder = b"little"
-        if prefix + "byteorder" in zf.namelist():
-            byteorder = zf.read(prefix + "byteorder").strip()
-            if byteorder not in (b"little", b"big"):
-                raise _truncated(path, f"unknown byteorder record {byteorder!r}")
-        roots: dict[str, tuple[np.dtype, int]] = {}
-        with zf.open(pkls[0]) as f:
-            obj = _RestrictedUnpickler(f, path, legacy=False, roots=roots).load()
-        refs = _collect(obj, path)
-        out: dict[str, np.ndarray] = dict.fromkeys(refs)  # type: ignore[arg-type]
-        for key in {ref.storage.key: None for ref in refs.values()}:
-            dtype, numel = roots[key]
-            entry = f"{prefix}data/{key}"
-            try:
-                size = zf.getinfo(entry).file_size
-            except KeyError:
-                raise _truncated(path, f"the zip archive lacks the entry {entry}") from None
-            if size < numel * dtype.itemsize:
-                raise _truncated(path, f"storage {key} holds {size} bytes, {numel * dtype.itemsize} needed")
-            _materialize(refs, key, zf.read(entry), byteorder == b"big", out)
-        return out
-
-
-def _read_exact(f: IO[bytes], n: int, path: str, what: str) -> bytes:
-    data = f.read(n)
-    if len(data) != n:
-        raise _truncated(path, f"{what} is cut short")
-    return data
-
-
-def _read_legacy(path: str, f: IO[bytes]) -> dict[str, np.ndarray]:
-    file_size = os.fstat(f.fileno()).st_size
+  with zipfile.ZipFile(path) as zf:
+    pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+    if len(pkls) != 1:
+      raise _truncated(path, "the zip archive has no <prefix>/data.pkl entry")
+    prefix = pkls[0][: -len("data.pkl")]
+    byteorder = b"little"
+    if prefix + "byteorder" in zf.namelist():
+      byteorder = zf.read(prefix + "byteorder").strip()
+      if byteorder not in (b"little", b"big"):
+        raise _truncated(path, f"unknown byteorder record {byteorder!r}")
     roots: dict[str, tuple[np.dtype, int]] = {}
-
-    def load(legacy: bool = True) -> Any:
-        return _RestrictedUnpickler(f, path, legacy=legacy, roots=roots).load()
-
-    try:
-        magic = load()
-    except PthError:
-        raise
-    except Exception:
-        magic = None
-    if magic != _LEGACY_MAGIC:
-        raise _not_checkpoint(path)
-    protocol = load()
-    if protocol != _LEGACY_PROTOCOL:
-        raise PthFormatError(
-            f"{path}: legacy torch.save protocol {protocol!r} is not supported (only "
-            f"{_LEGACY_PROTOCOL}). Re-save it with a current torch.save(model.state_dict(), path)."
-        )
-    load()  # sys_info: legacy storages are always written little-endian
-    refs = _collect(load(), path)
-    keys = load()
-    if not isinstance(keys, list):
-        raise _truncated(path, "the list of storage keys is missing")
-    keys = [k.decode("ascii") if isinstance(k, bytes) else k for k in keys]
-    if set(keys) != set(roots):
-        raise _truncated(path, "the list of storage keys does not match the tensors")
+    with zf.open(pkls[0]) as f:
+      obj = _RestrictedUnpickler(f, path, legacy=False, roots=roots).load()
+    refs = _collect(obj, path)
     out: dict[str, np.ndarray] = dict.fromkeys(refs)  # type: ignore[arg-type]
-    for key in keys:
-        dtype, numel = roots[key]
-        (count,) = struct.unpack("<q", _read_exact(f, 8, path, f"storage {key} header"))
-        if count != numel:
-            raise _truncated(path, f"storage {key} records {count} elements, {numel} expected")
-        nbytes = count * dtype.itemsize
-        if f.tell() + nbytes > file_size:
-            raise _truncated(path, f"storage {key} data is cut short")
-        _materialize(refs, key, _read_exact(f, nbytes, path, f"storage {key} data"), False, out)
+    for key in {ref.storage.key: None for ref in refs.values()}:
+      dtype, numel = roots[key]
+      entry = f"{prefix}data/{key}"
+      try:
+        size = zf.getinfo(entry).file_size
+      except KeyError:
+        raise _truncated(path, f"the zip archive lacks the entry {entry}") from None
+      if size < numel * dtype.itemsize:
+        raise _truncated(path, f"storage {key} holds {size} bytes, {numel * dtype.itemsize} needed")
+      _materialize(refs, key, zf.read(entry), byteorder == b"big", out)
     return out
 
 
-def _not_checkpoint(path: str) -> PthFormatError:
-    return PthFormatError(
-        f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy "
-        f"torch.save stream). Check that the path points to a .pth file written by torch.save."
+def _read_exact(f: IO[bytes], n: int, path: str, what: str) -> bytes:
+  data = f.read(n)
+  if len(data) != n:
+    raise _truncated(path, f"{what} is cut short")
+  return data
+
+
+def _read_legacy(path: str, f: IO[bytes]) -> dict[str, np.ndarray]:
+  file_size = os.fstat(f.fileno()).st_size
+  roots: dict[str, tuple[np.dtype, int]] = {}
+
+  def load(legacy: bool = True) -> Any:
+    return _RestrictedUnpickler(f, path, legacy=legacy, roots=roots).load()
+
+  try:
+    magic = load()
+  except PthError:
+    raise
+  except Exception:
+    magic = None
+  if magic != _LEGACY_MAGIC:
+    raise _not_checkpoint(path)
+  protocol = load()
+  if protocol != _LEGACY_PROTOCOL:
+    raise PthFormatError(
+      f"{path}: legacy torch.save protocol {protocol!r} is not supported (only "
+      f"{_LEGACY_PROTOCOL}). Re-save it with a current torch.save(model.state_dict(), path)."
     )
+  load()  # sys_info: legacy storages are always written little-endian
+  refs = _collect(load(), path)
+  keys = load()
+  if not isinstance(keys, list):
+    raise _truncated(path, "the list of storage keys is missing")
+  keys = [k.decode("ascii") if isinstance(k, bytes) else k for k in keys]
+  if set(keys) != set(roots):
+    raise _truncated(path, "the list of storage keys does not match the tensors")
+  out: dict[str, np.ndarray] = dict.fromkeys(refs)  # type: ignore[arg-type]
+  for key in keys:
+    dtype, numel = roots[key]
+    (count,) = struct.unpack("<q", _read_exact(f, 8, path, f"storage {key} header"))
+    if count != numel:
+      raise _truncated(path, f"storage {key} records {count} elements, {numel} expected")
+    nbytes = count * dtype.itemsize
+    if f.tell() + nbytes > file_size:
+      raise _truncated(path, f"storage {key} data is cut short")
+    _materialize(refs, key, _read_exact(f, nbytes, path, f"storage {key} data"), False, out)
+  return out
+
+
+def _not_checkpoint(path: str) -> PthFormatError:
+  return PthFormatError(
+    f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy "
+    f"torch.save stream). Check that the path points to a .pth file written by torch.save."
+  )
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read ``torch.save(model.state_dict(), path)`` output as ordered name -> numpy array.
+  """Read ``torch.save(model.state_dict(), path)`` output as ordered name -> numpy array.
 
-    Arrays are C-contiguous copies that own their memory; bfloat16 tensors come back
-    as ``ml_dtypes.bfloat16``. A top-level ``{'state_dict': ...}`` or ``{'model': ...}``
-    wrapper is removed.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "No such .pth file; check the path or download the weights", path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-            if not head:
-                raise _truncated(path, "it is empty (0 bytes)")
-            if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-                f.close()
-                return _read_zip(path)
-            if len(head) >= 262 and head[257:262] == b"ustar":
-                raise PthFormatError(
-                    f"{path}: uses torch's pre-1.0 tar checkpoint format, which is not supported. "
-                    f"Re-save it with a current torch.save(model.state_dict(), path)."
-                )
-            if not head.startswith(b"\x80"):  # every legacy file opens with a binary pickle
-                raise _not_checkpoint(path)
-            f.seek(0)
-            return _read_legacy(path, f)
-    except PthError:
-        raise
-    except zipfile.BadZipFile as e:
-        raise _truncated(path, f"the zip archive is incomplete: {e}") from e
-    except (pickle.UnpicklingError, EOFError, struct.error) as e:
-        raise _truncated(path, f"{type(e).__name__}: {e}") from e
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-        # Raised by the marker functions or by unexpected pickle contents.
-        raise _truncated(path, str(e) or type(e).__name__) from e
+  Arrays are C-contiguous copies that own their memory; bfloat16 tensors come back
+  as ``ml_dtypes.bfloat16``. A top-level ``{'state_dict': ...}`` or ``{'model': ...}``
+  wrapper is removed.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(2, "No such .pth file; check the path or download the weights", path)
+  try:
+    with open(path, "rb") as f:
+      head = f.read(512)
+      if not head:
+        raise _truncated(path, "it is empty (0 bytes)")
+      if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        f.close()
+        return _read_zip(path)
+      if len(head) >= 262 and head[257:262] == b"ustar":
+        raise PthFormatError(
+          f"{path}: uses torch's pre-1.0 tar checkpoint format, which is not supported. "
+          f"Re-save it with a current torch.save(model.state_dict(), path)."
+        )
+      if not head.startswith(b"\x80"):  # every legacy file opens with a binary pickle
+        raise _not_checkpoint(path)
+      f.seek(0)
+      return _read_legacy(path, f)
+  except PthError:
+    raise
+  except zipfile.BadZipFile as e:
+    raise _truncated(path, f"the zip archive is incomplete: {e}") from e
+  except (pickle.UnpicklingError, EOFError, struct.error) as e:
+    raise _truncated(path, f"{type(e).__name__}: {e}") from e
+  except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+    # Raised by the marker functions or by unexpected pickle contents.
+    raise _truncated(path, str(e) or type(e).__name__) from e
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+  """Hex sha256 of a file, read in 1 MiB chunks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
