@@ -1,0 +1,102 @@
+"""Command line: prepare a dataset once, then inspect it.
+
+  python -m ftjax.data prepare --dataset isic2020 --manual_dir ~/isic \
+      --data_dir ~/tfds [--resize 232] [--skip_bad] [--option unit=image]
+  python -m ftjax.data inspect --dataset isic2020 --data_dir ~/tfds --out sheet.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from typing import Sequence
+
+from ftjax.data import DataError, get_dataset, list_datasets
+
+
+def _options(pairs: Sequence[str]) -> dict:
+  out = {}
+  for pair in pairs:
+    key, sep, value = pair.partition("=")
+    if not sep:
+      raise SystemExit(f"--option expects key=value, got {pair!r}")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
+
+
+def _builder(args, **kwargs):
+  info = get_dataset(args.dataset)
+  return info, info.create(args.data_dir, resize=args.resize, **_options(args.option),
+                           **kwargs)
+
+
+def prepare(args) -> int:
+  import tensorflow_datasets as tfds
+  info, builder = _builder(args, skip_bad=args.skip_bad, num_workers=args.workers)
+  config = (tfds.download.DownloadConfig(manual_dir=args.manual_dir)
+            if args.manual_dir else None)
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not args.manual_dir \
+      and not builder.data_path.exists():
+    raise DataError(f"{args.dataset} needs --manual_dir. "
+                    f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  tfds.disable_progress_bar()  # ours (per split, decoding) is the informative one
+  builder.download_and_prepare(download_config=config)
+  meta = dict(builder.info.metadata)
+  print(f"{info.name} ({builder.builder_config.name}) at {builder.data_path}")
+  for split, split_info in builder.info.splits.items():
+    print(f"  {split}: {split_info.num_examples} examples")
+  print(f"  skipped bad images: {meta.get('skipped_bad')}")
+  for key, value in meta.get("notes", {}).items():
+    print(f"  {key}: {value}")
+  return 0
+
+
+def inspect(args) -> int:
+  from ftjax.data import inspection
+  info, builder = _builder(args)
+  if not builder.data_path.exists():
+    raise DataError(f"{builder.data_path}: not prepared; run `python -m ftjax.data prepare "
+                    f"--dataset {args.dataset} ...` first.")
+  stats = inspection.summary(builder)
+  print(json.dumps({"dataset": info.name, "config": builder.builder_config.name,
+                    "splits": stats,
+                    "skipped_bad": builder.info.metadata.get("skipped_bad")}, indent=2))
+  if args.out:
+    path = inspection.contact_sheet(builder, args.out, split=args.split)
+    print(f"contact sheet: {path}")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m ftjax.data")
+  sub = parser.add_subparsers(dest="command", required=True)
+  for name in ("prepare", "inspect"):
+    p = sub.add_parser(name)
+    p.add_argument("--dataset", required=True, help=f"one of: {', '.join(list_datasets())}")
+    p.add_argument("--data_dir", required=True, help="where prepared datasets live")
+    p.add_argument("--resize", type=int, default=232, help="shorter side (232 or 256)")
+    p.add_argument("--option", action="append", default=[],
+                   help="extra config option key=value (unit=image, val_fraction=0.1, ...)")
+    if name == "prepare":
+      p.add_argument("--manual_dir", help="the dataset as downloaded from its owners")
+      p.add_argument("--skip_bad", action="store_true",
+                     help="skip (and count) unreadable images instead of stopping")
+      p.add_argument("--workers", type=int, default=None, help="decoding processes")
+    else:
+      p.add_argument("--out", help="contact sheet PNG path")
+      p.add_argument("--split", default="train")
+  args = parser.parse_args(argv)
+  try:
+    return prepare(args) if args.command == "prepare" else inspect(args)
+  except (DataError, ValueError) as exc:
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,325 @@
+"""Shared TFDS builder machinery for the ftjax image datasets (no TensorFlow).
+
+Each dataset module subclasses :class:`ImageBuilder` and implements
+``_list_examples`` (read the official layout, return the examples of each split)
+and ``load_image`` (open one source image). This module does the rest:
+
+* images are decoded and resized (shorter side, antialiased bilinear) in a
+  process pool, once, at prepare time, and stored as zlib ``uint8`` tensors in
+  ``array_record`` files; loading is ``builder.as_data_source(split)``;
+* a bad image raises one :class:`DataError` naming the file, or with
+  ``skip_bad=True`` is skipped and counted; counts land in the metadata;
+* the split description (sizes, validation carving, seed, skipped files) is
+  recorded in the dataset's TFDS metadata (``metadata.json``).
+
+Partial preparation is safe: TFDS writes into an ``incomplete.*`` folder and
+only renames it into place once every split is written, so an interrupted run
+leaves nothing that a later run would load; re-running prepares it again and a
+finished dataset is never regenerated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+from etils import epath
+from PIL import Image
+
+from ftjax.data import preprocess
+from ftjax.data.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+_MAX_LISTED_BAD = 200  # bad file names kept in metadata; the count is always exact
+
+
+@dataclasses.dataclass(eq=True)
+class ImageConfig(tfds.core.BuilderConfig):
+  """Options shared by every dataset.
+
+  Attributes:
+    resize: shorter side in pixels after the prepare-time resize (232 ResNet,
+      256 DenseNet/VGG; paper 3.4).
+    val_fraction: share of the training data carved out (grouped by patient
+      where there are patients, seeded) as the validation split for model
+      selection.
+    seed: seed of every random split.
+  """
+
+  resize: int = 232
+  val_fraction: float = 0.1
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class Example:
+  """One image to prepare: where it comes from and its other features."""
+
+  key: str
+  source: Any  # picklable; handed to the builder's ``load_image`` in a worker
+  label: Any  # int class index, or a multi-hot sequence
+  patient_id: str = ""
+
+  @property
+  def id(self) -> str:
+    return self.key
+
+
+def _decode(task: tuple[Callable[[Any], Any], Any, int]) -> tuple[bool, Any]:
+  """Worker: load + resize one image; (True, array) or (False, message)."""
+  load, source, resize = task
+  try:
+    if isinstance(source, (str, os.PathLike)):
+      path = Path(source)
+      if not path.exists():
+        return False, f"{path}: file not found. Restore it from the original download."
+      if path.stat().st_size == 0:
+        return False, (f"{path}: file is empty (0 bytes). Re-download or re-extract it, "
+                       "or prepare with --skip_bad to skip and count bad images.")
+    image = load(source)
+    if isinstance(image, Image.Image):
+      image.load()  # forces the full decode so truncation is caught here
+    return True, preprocess.resize_shorter(image, resize)
+  except (OSError, ValueError, KeyError, SyntaxError, EOFError, TypeError) as exc:
+    return False, (f"{source}: cannot read image ({type(exc).__name__}: {exc}). "
+                   "Re-download or re-extract this file, or prepare with --skip_bad "
+                   "to skip and count bad images.")
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+  """Default ``load_image``: PIL open (decoded in the worker)."""
+  return Image.open(path)
+
+
+def natural_key(text: str) -> list:
+  """Sort key where 'study2' < 'study10'."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def require_dir(path: Path, what: str, where: str) -> Path:
+  """The folder, or a DataError naming it and where the dataset comes from."""
+  if not path.is_dir():
+    raise DataError(f"{path}: folder not found ({what}). {where}")
+  return path
+
+
+def require_file(path: Path, what: str, where: str) -> Path:
+  if not path.is_file():
+    raise DataError(f"{path}: file not found ({what}). {where}")
+  return path
+
+
+def read_csv(path: Path, required: Sequence[str], where: str = "") -> list[dict[str, str]]:
+  """CSV rows as dicts; a DataError naming the file and any missing column."""
+  import csv
+  require_file(path, "CSV file", where)
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.DictReader(f)
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in required if c not in columns]
+    if missing:
+      raise DataError(f"{path}: missing column(s) {missing} (found {columns}). Use the "
+                      f"dataset's original CSV file. {where}".strip())
+    return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            for row in reader]
+
+
+class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base builder: array_record files of resized uint8 images + labels."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  CONFIG_CLASS: ClassVar[type[ImageConfig]] = ImageConfig
+  NAME_FIELDS: ClassVar[tuple[str, ...]] = ()  # config fields spelled first in the name
+  CLASS_NAMES: ClassVar[tuple[str, ...]] = ()
+  MULTILABEL: ClassVar[bool] = False
+  HOMEPAGE: ClassVar[str] = ""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "Download the dataset from its owners (see HOMEPAGE)."
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    # tfds's lookup goes through importlib_resources, absent without TensorFlow's deps.
+    import inspect
+    return epath.Path(inspect.getfile(cls))
+
+  def __init__(self, *, skip_bad: bool = False, num_workers: int | None = None,
+               **kwargs):
+    """Args:
+      skip_bad: skip (and count) unreadable images instead of raising.
+      num_workers: decoding processes at prepare time (default: all cores).
+      **kwargs: ``tfds.core.DatasetBuilder`` arguments (data_dir, config, ...).
+    """
+    kwargs.setdefault("file_format", "array_record")
+    self.skip_bad = skip_bad
+    self.num_workers = num_workers
+    super().__init__(**kwargs)
+
+  # ---- configs ------------------------------------------------------------
+
+  @classmethod
+  def make_config(cls, **options) -> ImageConfig:
+    """A config whose name spells every option that changes the data."""
+    fields = {f.name: f for f in dataclasses.fields(cls.CONFIG_CLASS)}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+      raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}; valid: "
+                       f"{sorted(set(fields) - {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)})}")
+    config = cls.CONFIG_CLASS(name="tmp", **options)
+    base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+    parts = [str(getattr(config, n)) for n in cls.NAME_FIELDS]
+    parts.append(f"r{config.resize}")
+    for name, field in fields.items():
+      if name in base or name in cls.NAME_FIELDS or name == "resize":
+        continue
+      value = getattr(config, name)
+      if field.default is not dataclasses.MISSING and value != field.default:
+        parts.append(f"{name}{value}")
+    config.name = re.sub(r"[^A-Za-z0-9_.-]", "-", "_".join(parts))
+    return config
+
+  @classmethod
+  def create(cls, data_dir: str | os.PathLike, *, skip_bad: bool = False,
+             num_workers: int | None = None, **options) -> "ImageBuilder":
+    """Builder for the config described by ``options`` (e.g. resize=256)."""
+    config = cls.make_config(**options)
+    registered = cls.builder_configs.get(config.name)
+    chosen = config.name if registered is not None and registered == config else config
+    return cls(data_dir=os.fspath(data_dir), config=chosen, skip_bad=skip_bad,
+               num_workers=num_workers)
+
+  # ---- what subclasses provide -------------------------------------------
+
+  def _list_examples(self, root: Path | None) -> dict[str, list[Example]]:
+    """Examples of each split (train/validation/test) from the official layout.
+
+    May also add entries to ``self._notes`` (recorded in the metadata).
+    """
+    raise NotImplementedError
+
+  @staticmethod
+  def load_image(source: Any) -> Image.Image | np.ndarray:
+    """Opens one source image (runs in a worker process)."""
+    return open_image(source)
+
+  def class_names(self) -> tuple[str, ...]:
+    return self.CLASS_NAMES
+
+  def description(self) -> str:
+    return (type(self).__doc__ or "").strip()
+
+  # ---- tfds hooks ---------------------------------------------------------
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    names = list(self.class_names())
+    if self.MULTILABEL:
+      label = tfds.features.Tensor(shape=(len(names),), dtype=np.float32)
+    else:
+      label = tfds.features.ClassLabel(names=names)
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.description(),
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8,
+                                          encoding="zlib"),
+            "label": label,
+            "id": tfds.features.Text(),
+            "patient_id": tfds.features.Text(),
+        }),
+        homepage=self.HOMEPAGE or None,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def download_and_prepare(self, *, download_dir=None, download_config=None,
+                           file_format=None) -> None:
+    """tfds's prepare, with a DataError when the manual folder is missing."""
+    if self.MANUAL_DOWNLOAD_INSTRUCTIONS and not self.data_path.exists():
+      manual = download_config.manual_dir if download_config else None
+      if manual is None:
+        raise DataError(f"{self.name}: no manual_dir given. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+      require_dir(Path(manual), f"manual_dir of {self.name}", self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    super().download_and_prepare(download_dir=download_dir,
+                                 download_config=download_config, file_format=file_format)
+
+  def _split_generators(self, dl_manager):
+    root = None
+    if self.MANUAL_DOWNLOAD_INSTRUCTIONS:
+      root = Path(os.fspath(dl_manager._manual_dir))  # pylint: disable=protected-access
+    self._notes: dict[str, Any] = {}
+    splits = self._list_examples(root)
+    for split, examples in splits.items():
+      if not examples:
+        raise DataError(f"{root}: split '{split}' of {self.name} is empty. Check that "
+                        f"manual_dir holds the complete download. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    config = dataclasses.asdict(self.builder_config)
+    for k in ("release_notes", "supported_versions", "tags", "description", "version"):
+      config.pop(k, None)
+    self.info.metadata.update({
+        "config": config,
+        "listed": {s: len(e) for s, e in splits.items()},
+        "patients": {s: len({x.patient_id for x in e if x.patient_id})
+                     for s, e in splits.items()},
+        "skipped_bad": {s: 0 for s in splits},
+        "bad_files": [],
+        "notes": self._notes,
+    })
+    return {split: self._generate_examples(split, examples)
+            for split, examples in splits.items()}
+
+  def _generate_examples(self, split: str, examples: list[Example]) -> Iterator:
+    tasks = [(type(self).load_image, e.source, self.builder_config.resize) for e in examples]
+    workers = self.num_workers or os.cpu_count() or 1
+    bar = tqdm.tqdm(total=len(tasks), desc=f"{self.name}/{self.builder_config.name} {split}",
+                    unit="img", dynamic_ncols=True)
+    written = 0
+    with bar, _map(tasks, workers) as results:
+      for example, (ok, value) in zip(examples, results):
+        bar.update(1)
+        if not ok:
+          if not self.skip_bad:
+            raise DataError(value)
+          self.info.metadata["skipped_bad"][split] += 1
+          if len(self.info.metadata["bad_files"]) < _MAX_LISTED_BAD:
+            self.info.metadata["bad_files"].append(value)
+          continue
+        written += 1
+        yield example.key, {
+            "image": value,
+            "label": (np.asarray(example.label, np.float32) if self.MULTILABEL
+                      else int(example.label)),
+            "id": example.key,
+            "patient_id": example.patient_id,
+        }
+    if written == 0:
+      raise DataError(f"split '{split}' of {self.name}: every image was unreadable "
+                      f"({len(examples)} skipped); see the messages above.")
+    skipped = self.info.metadata["skipped_bad"][split]
+    if skipped:
+      print(f"{self.name} {split}: skipped {skipped} bad image(s) of {len(examples)}")
+
+
+class _map:
+  """Ordered map over tasks: inline for small jobs, else a spawn process pool."""
+
+  def __init__(self, tasks: list, workers: int):
+    self.tasks, self.workers, self.pool = tasks, workers, None
+
+  def __enter__(self):
+    if self.workers <= 1 or len(self.tasks) < 64:
+      return map(_decode, self.tasks)
+    # spawn: the parent may have started jax/grain threads, which fork would copy.
+    self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
+    return self.pool.imap(_decode, self.tasks, chunksize=4)
+
+  def __exit__(self, *exc):
+    if self.pool is not None:
+      self.pool.terminate()
+      self.pool.join()
+    return False

@@ -1,0 +1,108 @@
+"""Figshare brain tumour T1w CE-MRI (Cheng et al.), 3 classes.
+
+manual_dir holds the figshare ``.mat`` files ``1.mat`` .. ``3064.mat`` (any
+sub-folders, e.g. the four ``brainTumorDataPublic_*`` zips extracted side by
+side). Each is MATLAB v7.3 (HDF5) with group ``cjdata``: ``image`` (int16
+2-D), ``label`` (1 meningioma, 2 glioma, 3 pituitary) and ``PID`` (uint16
+character codes). Images are min-max scaled to uint8 per slice, then
+replicated to 3 channels.
+
+Splits: no official split; patients (233) are split, seeded, so that
+``test_fraction`` = 0.177 of the slices are test (paper Table 2: 2,522 /
+542); validation is ``val_fraction`` of the training slices, grouped by
+patient. Train + validation correspond to Table 2's training count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from ftjax.data import splits
+from ftjax.data.base import Example, ImageBuilder, ImageConfig, natural_key
+from ftjax.data.errors import DataError
+
+WHERE = ("Download the brain tumour dataset from https://doi.org/10.6084/m9.figshare.1512427 "
+         "and extract the .mat files into manual_dir.")
+CLASSES = ("meningioma", "glioma", "pituitary")
+
+
+@dataclasses.dataclass(eq=True)
+class BrainTumorMriConfig(ImageConfig):
+  """Attributes:
+    test_fraction: share of slices (whole patients) held out as the test split.
+  """
+
+  test_fraction: float = 0.177
+
+
+def read_header(path: str) -> tuple[int, str]:
+  """(label 1..3, patient id) of one .mat file."""
+  import h5py
+  with h5py.File(path, "r") as f:
+    data = f["cjdata"]
+    label = int(np.asarray(data["label"]).ravel()[0])
+    pid = "".join(chr(int(c)) for c in np.asarray(data["PID"]).ravel() if int(c))
+  return label, pid
+
+
+def load_mat(path: str) -> np.ndarray:
+  """The slice as a 2-D array in MATLAB orientation (h5py reads it transposed)."""
+  import h5py
+  with h5py.File(path, "r") as f:
+    image = np.asarray(f["cjdata"]["image"])
+  if image.ndim != 2 or image.size == 0:
+    raise ValueError(f"cjdata/image has shape {image.shape}, expected a 2-D slice")
+  return np.ascontiguousarray(image.T)
+
+
+class BrainTumorMri(ImageBuilder):
+  __doc__ = __doc__
+  CONFIG_CLASS = BrainTumorMriConfig
+  CLASS_NAMES = CLASSES
+  HOMEPAGE = "https://doi.org/10.6084/m9.figshare.1512427"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
+  BUILDER_CONFIGS = [BrainTumorMriConfig(name=f"r{r}", resize=r) for r in (232, 256)]
+
+  load_image = staticmethod(load_mat)
+
+  def _list_examples(self, root: Path) -> dict[str, list[Example]]:
+    cfg = self.builder_config
+    files = sorted((p for p in root.rglob("*.mat") if not p.name.startswith("._")),
+                   key=lambda p: natural_key(str(p)))
+    if not files:
+      raise DataError(f"{root}: no .mat files found. {WHERE}")
+    examples, bad = [], []
+    for path in files:
+      try:
+        if path.stat().st_size == 0:
+          raise OSError("file is empty (0 bytes)")
+        label, pid = read_header(str(path))
+      except (OSError, KeyError, ValueError) as exc:
+        message = (f"{path}: cannot read MATLAB v7.3 file ({exc}). Re-download it, or "
+                   "prepare with --skip_bad to skip and count bad files.")
+        if not self.skip_bad:
+          raise DataError(message) from exc
+        bad.append(message)
+        continue
+      if label not in (1, 2, 3):
+        raise DataError(f"{path}: unknown label {label} in cjdata/label; expected 1, 2 or 3. "
+                        f"{WHERE}")
+      examples.append(Example(key=path.stem, source=str(path), label=label - 1,
+                              patient_id=pid or f"unknown_{path.stem}"))
+    self._notes["unreadable_headers_skipped"] = len(bad)
+    self._notes["unreadable_header_files"] = bad[:200]
+    if bad:
+      print(f"brain_tumor_mri: skipped {len(bad)} unreadable .mat file(s)")
+    rest, test = splits.grouped_split([e.patient_id for e in examples], cfg.test_fraction,
+                                      cfg.seed)
+    rest_examples = [examples[i] for i in rest]
+    train, val = splits.grouped_split([e.patient_id for e in rest_examples],
+                                      cfg.val_fraction, cfg.seed + 1)
+    self._notes["split"] = (f"patient-grouped: test {cfg.test_fraction:.1%} (seed {cfg.seed}), "
+                            f"validation {cfg.val_fraction:.0%} of the rest (seed {cfg.seed + 1})")
+    return {"train": [rest_examples[i] for i in train],
+            "validation": [rest_examples[i] for i in val],
+            "test": [examples[i] for i in test]}

@@ -1,0 +1,86 @@
+"""ISIC 2020 melanoma classification (dermoscopy, benign vs malignant).
+
+manual_dir holds the ISIC 2020 training download: the ground-truth CSV
+(``ISIC_2020_Training_GroundTruth.csv``, ``..._v2.csv`` or Kaggle's
+``train.csv``; columns image_name, patient_id, target), the JPEG folder
+(``ISIC_2020_Training_JPEG/train``, ``train`` or ``jpeg/train``) and
+``ISIC_2020_Training_Duplicates.csv`` (image_name_1, image_name_2).
+
+Splits: the listed duplicates are removed (every ``image_name_2``: 33,126 ->
+32,701 images, paper 3.3). The remaining images are split by patient, seeded,
+``test_fraction`` = 0.2 into test (paper Table 2: 26,160 / 6,541, an 80/20
+split), and ``val_fraction`` of the rest, grouped by patient, becomes
+validation; train + validation correspond to Table 2's training count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ftjax.data import splits
+from ftjax.data.base import Example, ImageBuilder, ImageConfig, read_csv
+from ftjax.data.errors import DataError
+
+WHERE = ("Download the ISIC 2020 training JPEGs, ground truth CSV and duplicates list "
+         "from https://challenge2020.isic-archive.com/ into manual_dir.")
+_CSV_NAMES = ("ISIC_2020_Training_GroundTruth_v2.csv", "ISIC_2020_Training_GroundTruth.csv",
+              "train.csv")
+_IMAGE_DIRS = ("ISIC_2020_Training_JPEG/train", "ISIC_2020_Training_JPEG", "train",
+               "jpeg/train")
+DUPLICATES = "ISIC_2020_Training_Duplicates.csv"
+
+
+@dataclasses.dataclass(eq=True)
+class Isic2020Config(ImageConfig):
+  """Attributes:
+    test_fraction: share of patients' images held out as the test split.
+  """
+
+  test_fraction: float = 0.2
+
+
+def _first(root: Path, names, what: str) -> Path:
+  for name in names:
+    if (root / name).exists():
+      return root / name
+  raise DataError(f"{root}: none of {list(names)} found ({what}). {WHERE}")
+
+
+class Isic2020(ImageBuilder):
+  __doc__ = __doc__
+  CONFIG_CLASS = Isic2020Config
+  CLASS_NAMES = ("benign", "malignant")
+  HOMEPAGE = "https://challenge2020.isic-archive.com/"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
+  BUILDER_CONFIGS = [Isic2020Config(name=f"r{r}", resize=r) for r in (232, 256)]
+
+  def _list_examples(self, root: Path) -> dict[str, list[Example]]:
+    cfg = self.builder_config
+    csv_path = _first(root, _CSV_NAMES, "ground truth CSV")
+    image_dir = _first(root, _IMAGE_DIRS, "JPEG folder")
+    rows = read_csv(csv_path, ["image_name", "patient_id", "target"], WHERE)
+    dup_rows = read_csv(root / DUPLICATES, ["image_name_1", "image_name_2"], WHERE)
+    duplicates = {r["image_name_2"] for r in dup_rows}
+    examples = []
+    for i, row in enumerate(rows):
+      if row["image_name"] in duplicates:
+        continue
+      if row["target"] not in ("0", "1"):
+        raise DataError(f"{csv_path}: unknown label target={row['target']!r} for "
+                        f"{row['image_name']} (row {i + 2}); expected 0 or 1. {WHERE}")
+      patient = row["patient_id"] or f"unknown_{row['image_name']}"
+      examples.append(Example(key=row["image_name"],
+                              source=str(image_dir / f"{row['image_name']}.jpg"),
+                              label=int(row["target"]), patient_id=patient))
+    self._notes["duplicates_removed"] = len(rows) - len(examples)
+    rest, test = splits.grouped_split([e.patient_id for e in examples], cfg.test_fraction,
+                                      cfg.seed)
+    rest_examples = [examples[i] for i in rest]
+    train, val = splits.grouped_split([e.patient_id for e in rest_examples],
+                                      cfg.val_fraction, cfg.seed + 1)
+    self._notes["split"] = (f"patient-grouped: test {cfg.test_fraction:.0%} (seed {cfg.seed}), "
+                            f"validation {cfg.val_fraction:.0%} of the rest (seed {cfg.seed + 1})")
+    return {"train": [rest_examples[i] for i in train],
+            "validation": [rest_examples[i] for i in val],
+            "test": [examples[i] for i in test]}
