@@ -1,0 +1,57 @@
+"""The paper's settings (section 3.6), for any dataset x strategy x architecture.
+
+  python -m ftjax.train --config configs/base.py:isic2020,lp_ft,densenet121 \
+      --workdir runs/isic_lpft_dn121 --config.lr=1e-4 --config.seed=1
+
+The argument after ':' is 'dataset,strategy[,arch]' (arch defaults to resnet50).
+"""
+
+import ml_collections
+
+# Strategy hyper-parameters (ftjax.strategies.registry documents each one).
+STRATEGY_OPTIONS = dict(
+    unfreeze_every=1,    # G-LF / G-FL: epochs between two unfreezing steps
+    lp_epochs=5,         # LP-FT: head-only epochs (the paper does not give it)
+    alpha=0.01,          # L1-SP / L2-SP: weight of ||w - w0|| on pretrained layers
+    beta=0.01,           # L1-SP / L2-SP: weight of ||w_head||
+    sp_apply_to="kernels",
+    rgn_batches=5,       # Auto-RGN: minibatches averaged at each epoch start
+    rgn_every="epoch",
+    rgn_bn="exclude",
+    bn_mode="train",     # PyTorch model.train() BatchNorm everywhere
+)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  dataset, strategy, arch = "isic2020", "ft", "resnet50"
+  if arg:
+    parts = arg.split(",")
+    if len(parts) not in (2, 3):
+      raise ValueError(f"configs/base.py:{arg}: expected 'dataset,strategy[,arch]'.")
+    dataset, strategy = parts[:2]
+    arch = parts[2] if len(parts) == 3 else arch
+
+  config = ml_collections.ConfigDict()
+  config.dataset = dataset
+  config.dataset_options = ml_collections.ConfigDict()  # e.g. unit="image"
+  config.data_dir = "data"        # prepared datasets (python -m ftjax.data prepare)
+  config.arch = arch
+  config.init = "pretrained"      # or "random"
+  config.weights_dir = "weights"  # converted ImageNet weights (python -m weights_port)
+  config.strategy = strategy
+  config.strategy_options = ml_collections.ConfigDict(STRATEGY_OPTIONS)
+
+  config.lr = 1e-4                # the paper's grid: 1e-3, 1e-4, 1e-5
+  config.batch_size = 64
+  config.eval_batch_size = 128
+  config.num_epochs = 50
+  config.patience = 5             # early stopping, counted in the plan's last phase
+  config.early_stopping_metric = "loss"  # validation loss, or one of the five metrics
+  config.seed = 0                 # the paper's seeds: 0, 1, 2
+
+  config.resize = 0               # 0: the architecture's (232 ResNet, 256 DenseNet/VGG)
+  config.crop = 224
+  config.compute_dtype = "float32"  # or "bfloat16" (float32 parameters either way)
+  config.num_workers = 0          # grain worker processes
+  config.progress = True          # tqdm progress bars
+  return config

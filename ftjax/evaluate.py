@@ -1,0 +1,73 @@
+"""python -m ftjax.evaluate --workdir runs/isic_lp [--split test] [--checkpoint best]
+
+Re-evaluates a run's checkpoint on a split with the config stored in the
+workdir, and prints the five metrics (and the loss) as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags
+import ml_collections
+
+from ftjax import checkpoints, evaluation, step, train
+from ftjax.data import DataError
+from ftjax.models import registry
+from ftjax.strategies import get_strategy
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "a run directory of ftjax.train",
+                               required=True)
+_SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "split")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                                "the best epoch by validation, or the last one")
+
+
+def evaluate_run(workdir: str | pathlib.Path, split: str = "test",
+                 checkpoint: str = "best") -> dict:
+  workdir = pathlib.Path(workdir)
+  path = workdir / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: not found; is {workdir} a run directory of "
+                            f"python -m ftjax.train?")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  arch = registry.get_arch(config.arch)
+  info, builder = train.prepared_builder(config, arch)
+  model = arch.build(info.num_classes)
+  # Random variables of the right structure: the checkpoint supplies the values.
+  like = registry.init_variables(arch, 0, info.num_classes)
+  ckpts = checkpoints.RunCheckpoints(workdir)
+  if checkpoint == "best":
+    epoch, variables = ckpts.restore_best(like)
+  else:
+    strategy = get_strategy(config.strategy, arch,
+                            {**config.strategy_options.to_dict(), "lr": config.lr})
+    restored = ckpts.restore_latest(step.create_train_state(strategy, like))
+    if restored is None:
+      raise FileNotFoundError(f"{workdir}: no checkpoint yet.")
+    state, loop = restored
+    epoch, variables = loop["epoch"] - 1, {"params": state.params,
+                                           "batch_stats": state.batch_stats}
+  ckpts.close()
+  result = evaluation.evaluate(
+      model, variables, builder.as_data_source(split), multilabel=info.multilabel,
+      class_names=info.class_names, batch_size=config.eval_batch_size, crop=config.crop,
+      num_workers=config.num_workers)
+  return {"workdir": str(workdir), "split": split, "checkpoint": checkpoint,
+          "epoch": epoch, **result}
+
+
+def main(argv) -> None:
+  del argv
+  try:
+    print(json.dumps(evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value),
+                     indent=2))
+  except (DataError, FileNotFoundError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)
