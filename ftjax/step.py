@@ -1,0 +1,283 @@
+"""The jit-compiled train step, the Auto-RGN probe and the eval step.
+
+The train step differentiates only the trainable modules of the current
+phase: params are split by top-level name, and `jax.value_and_grad` sees only
+the trainable dict while the frozen one enters as a plain value. LP therefore
+has no backward pass through the backbone. The step is compiled once per
+phase (the trainable set is static) and donates the state's buffers.
+
+BatchNorm:
+  bn_mode='train'  every BN layer normalises with batch statistics and all
+                   running statistics update, frozen modules included
+                   (PyTorch `model.train()`).
+  bn_mode='frozen' BN layers inside frozen modules use and keep their running
+                   statistics (PyTorch `model.train()` plus `.eval()` on the
+                   frozen modules); trainable modules behave as in 'train'.
+                   Implemented by intercepting BatchNorm calls by module path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ftjax.models import layers
+from ftjax.strategies import partition, transforms
+from ftjax.strategies.registry import Strategy
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step count, float32 params, BN running stats, optimizer state.
+
+  Strategy-specific data lives in opt_state: SP's w0 (SPState) and Auto-RGN's
+  per-tensor weights (RgnState).
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def _transform(strategy: Strategy | optax.GradientTransformation):
+  return strategy.transform if isinstance(strategy, Strategy) else strategy
+
+
+def create_train_state(strategy: Strategy | optax.GradientTransformation,
+                       variables: dict[str, Any]) -> TrainState:
+  """A fresh state; the optimizer (and SP's w0) start from `variables['params']`."""
+  # Copies: the step donates the state, which must not delete the caller's arrays.
+  copy = functools.partial(jnp.array, copy=True)
+  params = jax.tree_util.tree_map(copy, dict(variables["params"]))
+  batch_stats = jax.tree_util.tree_map(copy, dict(variables.get("batch_stats", {})))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=_transform(strategy).init(params))
+
+
+def reset_opt_state(state: TrainState, strategy: Strategy | optax.GradientTransformation,
+                    rgn_weights: Any = None) -> TrainState:
+  """The optimizer re-created at the current params (Auto-RGN's epoch start).
+
+  Note: SP's w0 would move to the current params too; only Auto-RGN uses this.
+  """
+  opt_state = _transform(strategy).init(state.params)
+  if rgn_weights is not None:
+    opt_state = transforms.set_rgn_weights(opt_state, rgn_weights)
+  return state.replace(opt_state=opt_state)
+
+
+# ---------------------------------------------------------------- losses
+
+
+def softmax_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def sigmoid_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """BCE, mean over batch and classes (torch BCEWithLogitsLoss)."""
+  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)))
+
+
+LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "softmax": softmax_loss, "sigmoid": sigmoid_loss}
+
+
+def _loss(name: str):
+  if name not in LOSSES:
+    raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {name!r}.")
+  return LOSSES[name]
+
+
+# ---------------------------------------------------------------- forward
+
+
+def _frozen_bn_interceptor(trainable: frozenset[str]):
+  """Makes BatchNorm layers outside `trainable` use (and keep) running stats."""
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if (isinstance(module, layers.BatchNorm) and context.method_name == "__call__"
+        and module.path and module.path[0] not in trainable):
+      if len(args) >= 2:
+        args = (args[0], True) + tuple(args[2:])
+      else:
+        kwargs = {**kwargs, "use_running_average": True}
+    return next_fun(*args, **kwargs)
+
+  return interceptor
+
+
+def _cast(params, bn, dtype):
+  return jax.tree_util.tree_map(
+      lambda p, is_bn: p if is_bn or not jnp.issubdtype(p.dtype, jnp.floating)
+      else p.astype(dtype), params, bn)
+
+
+def make_grad_fn(model: nn.Module, trainable: Iterable[str], *, loss: str = "softmax",
+                 bn_mode: str = "train", compute_dtype: Any = None):
+  """(params, batch_stats, batch, rng) -> ((loss, (logits, new_batch_stats)), grads).
+
+  `grads` covers the trainable top-level modules only. Not jitted.
+  """
+  trainable = frozenset(trainable)
+  loss_fn = _loss(loss)
+  if bn_mode not in ("train", "frozen"):
+    raise ValueError(f"bn_mode must be 'train' or 'frozen', got {bn_mode!r}.")
+  if compute_dtype is not None and hasattr(model, "dtype"):
+    model = model.clone(dtype=compute_dtype)
+
+  def forward(train_params, frozen_params, batch_stats, batch, rng):
+    params = partition.merge(train_params, frozen_params)
+    images = batch["image"]
+    if compute_dtype is not None:
+      params = _cast(params, partition.bn_mask(params, batch_stats), compute_dtype)
+      images = images.astype(compute_dtype)
+    variables = {"params": params}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+    apply = functools.partial(model.apply, variables, images, train=True,
+                              mutable=["batch_stats"], rngs={"dropout": rng})
+    if bn_mode == "frozen":
+      with nn.intercept_methods(_frozen_bn_interceptor(trainable)):
+        logits, new_vars = apply()
+    else:
+      logits, new_vars = apply()
+    logits = logits.astype(jnp.float32)
+    value = loss_fn(logits, batch["label"])
+    return value, (logits, dict(new_vars).get("batch_stats", batch_stats))
+
+  grad = jax.value_and_grad(forward, has_aux=True)
+
+  def grad_fn(params, batch_stats, batch, rng):
+    train_params, frozen_params = partition.split(params, trainable)
+    return grad(train_params, frozen_params, batch_stats, batch, rng)
+
+  return grad_fn
+
+
+# ---------------------------------------------------------------- train step
+
+
+def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransformation,
+                    trainable: Iterable[str], *, loss: str = "softmax",
+                    bn_mode: str | None = None, compute_dtype: Any = None,
+                    rgn_every: str | None = None, rgn_bn: str | None = None,
+                    compiler_options: dict[str, Any] | None = None):
+  """A jitted `(state, batch, rng) -> (state, metrics)` for one phase.
+
+  batch: {'image': NHWC float32 normalised, 'label': int32 [B] (softmax) or
+  float32 [B, C] multi-hot (sigmoid)}. rng is the dropout key of this step.
+  bn_mode / rgn options default to the strategy's. With rgn_every='step' the
+  Auto-RGN weights are recomputed from this batch's gradients before the
+  update. compute_dtype (e.g. jnp.bfloat16) runs the model in that dtype with
+  float32 master params (BatchNorm params stay float32). The state argument
+  is donated. compiler_options go to `jax.jit` (e.g. a lower XLA CPU
+  optimisation level for short test runs).
+  """
+  trainable = frozenset(trainable)
+  tx = _transform(strategy)
+  rgn = strategy.rgn if isinstance(strategy, Strategy) else None
+  bn_mode = bn_mode or (strategy.bn_mode if isinstance(strategy, Strategy) else "train")
+  rgn_every = rgn_every or (rgn["every"] if rgn else "epoch")
+  rgn_bn = rgn_bn or (rgn["bn"] if rgn else "exclude")
+  grad_fn = make_grad_fn(model, trainable, loss=loss, bn_mode=bn_mode,
+                         compute_dtype=compute_dtype)
+
+  def step(state: TrainState, batch: Batch, rng: jax.Array):
+    (value, (logits, batch_stats)), grads = grad_fn(
+        state.params, state.batch_stats, batch, rng)
+    train_params, frozen_params = partition.split(state.params, trainable)
+    opt_state = state.opt_state
+    metrics = {"loss": value}
+    if rgn_every == "step":
+      mask = (partition.bn_mask(train_params, state.batch_stats)
+              if rgn_bn == "exclude" else None)
+      weights = transforms.rgn_weights([grads], train_params, mask)
+      opt_state = transforms.set_rgn_weights(opt_state, weights)
+    updates, opt_state = tx.update(grads, opt_state, train_params)
+    train_params = optax.apply_updates(train_params, updates)
+    if loss == "softmax":
+      metrics["accuracy"] = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    new_state = TrainState(step=state.step + 1,
+                           params=partition.merge(train_params, frozen_params),
+                           batch_stats=batch_stats, opt_state=opt_state)
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options)
+
+
+# ---------------------------------------------------------------- Auto-RGN probe
+
+
+def make_rgn_probe(model: nn.Module, strategy: Strategy | None = None, *,
+                   loss: str = "softmax", rgn_bn: str | None = None,
+                   bn_mode: str = "train", compute_dtype: Any = None,
+                   compiler_options: dict[str, Any] | None = None):
+  """A jitted `(state, batches, rng=None) -> weights` (Auto-RGN, paper eq. 4).
+
+  batches: a batch dict whose arrays have a leading axis of `rgn_batches`
+  minibatches (the epoch's first ones). For each minibatch the gradient of
+  the loss w.r.t. every parameter is taken at the current params (train-mode
+  BatchNorm, running statistics left unchanged), giving per-tensor
+  ||g_b|| / ||theta||; RGN is the mean over minibatches, and the weights are
+  RGN / max RGN. BatchNorm tensors get weight 0 (frozen) with
+  rgn_bn='exclude', or their own RGN with 'include'. Returns the full
+  weights tree (log it: it is the per-layer RGN plot). rgn_bn defaults to the
+  strategy's option, else 'exclude'.
+  """
+  rgn = strategy.rgn if strategy is not None else None
+  rgn_bn = rgn_bn or (rgn["bn"] if rgn else "exclude")
+  if rgn_bn not in ("exclude", "include"):
+    raise ValueError(f"rgn_bn must be 'exclude' or 'include', got {rgn_bn!r}.")
+
+  @functools.partial(jax.jit, compiler_options=compiler_options)
+  def probe(state: TrainState, batches: Batch, rng: jax.Array):
+    grad_fn = make_grad_fn(model, frozenset(state.params), loss=loss, bn_mode=bn_mode,
+                           compute_dtype=compute_dtype)
+    zeros = jax.tree_util.tree_map(lambda _: jnp.zeros((), jnp.float32), state.params)
+
+    def body(acc, xs):
+      batch, key = xs
+      _, grads = grad_fn(state.params, state.batch_stats, batch, key)
+      ratios = transforms.rgn_ratios(grads, state.params)
+      return jax.tree_util.tree_map(jnp.add, acc, ratios), None
+
+    count = jax.tree_util.tree_leaves(batches)[0].shape[0]
+    keys = jax.random.split(rng, count)
+    total, _ = jax.lax.scan(body, zeros, (batches, keys))
+    mean = jax.tree_util.tree_map(lambda t: t / count, total)
+    mask = partition.bn_mask(state.params, state.batch_stats) if rgn_bn == "exclude" else None
+    return transforms.rgn_normalize(mean, state.params, mask)
+
+  def call(state: TrainState, batches: Batch, rng: jax.Array | None = None):
+    return probe(state, batches, jax.random.key(0) if rng is None else rng)
+
+  return call
+
+
+def start_rgn_epoch(state: TrainState, strategy: Strategy, weights: Any) -> TrainState:
+  """Auto-RGN epoch start: Adam re-created (moments reset) with the new weights."""
+  return reset_opt_state(state, strategy, weights)
+
+
+# ---------------------------------------------------------------- eval
+
+
+@functools.lru_cache(maxsize=32)
+def _eval_fn(model: nn.Module):
+  return jax.jit(lambda variables, images: model.apply(variables, images, train=False))
+
+
+def eval_step(model: nn.Module, variables: dict[str, Any], images: jax.Array) -> jax.Array:
+  """float32 logits in eval mode (running BN statistics, no dropout)."""
+  variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats") and v}
+  return _eval_fn(model)(variables, images)
