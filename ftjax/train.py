@@ -147,7 +147,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state, loop = restored
     print(f"{workdir}: resuming after epoch {loop['epoch']}.")
   writer = MetricWriter(workdir)
-  rng = jax.random.key(config.seed)
+  # Independent streams: dropout per global step, Auto-RGN probe per epoch.
+  step_rng, probe_rng = jax.random.split(jax.random.key(config.seed))
   steps_per_epoch = len(sources["train"]) // config.batch_size
   if steps_per_epoch == 0:
     raise DataError(f"{info.name}: {len(sources['train'])} training examples, fewer than "
@@ -180,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             model, loss=loss_name, rgn_bn=strategy.rgn["bn"], bn_mode=strategy.bn_mode,
             compute_dtype=compute_dtype)
         batches = _stack([_train_batch(b, info.multilabel) for b in first])
-        weights = rgn_probe(state, batches, jax.random.fold_in(rng, -1 - epoch))
+        weights = rgn_probe(state, batches, jax.random.fold_in(probe_rng, epoch))
         writer.write_rgn(epoch, weights)
       state = step.start_rgn_epoch(state, strategy, weights)
 
@@ -191,7 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                          f"[{len(trainable)} module(s) training]", unit="step")
     for i, batch in enumerate(_chain(first, loader)):
       state, step_metrics = train_step(state, _train_batch(batch, info.multilabel),
-                                       jax.random.fold_in(rng, global_step + i))
+                                       jax.random.fold_in(step_rng, global_step + i))
       losses.append(step_metrics["loss"])
       bar.update(1)
       if i % 10 == 0:
@@ -259,24 +260,24 @@ def _chain(first, rest):
   yield from rest
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file; "
-                                          "override fields with --config.FIELD=VALUE.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "run directory (default: runs/<dataset>/"
-                               "<arch>/<strategy>/lr<lr>/seed<seed>)")
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/isic_lp.py")
   try:
-    train_and_evaluate(config, _WORKDIR.value or default_workdir(config))
+    train_and_evaluate(config, flags.FLAGS.workdir or default_workdir(config))
   except (DataError, FileNotFoundError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == "__main__":
+  # Flags are defined only for the command line, so that importing this module
+  # (from ftjax.evaluate, ftjax.sweep, a notebook) defines none.
+  config_flags.DEFINE_config_file("config", None, "ml_collections config file; override "
+                                  "fields with --config.FIELD=VALUE.")
+  flags.DEFINE_string("workdir", None, "run directory (default: runs/<dataset>/<arch>/"
+                      "<strategy>/lr<lr>/seed<seed>)")
   app.run(main)

@@ -1,0 +1,143 @@
+"""ftjax.train end to end on the synthetic dataset: every strategy, resume, errors."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from configs import base, demo
+from ftjax import checkpoints, evaluate, train
+from ftjax.data import DataError
+from ftjax.models import registry
+from ftjax.strategies import STRATEGIES
+
+METRICS = ("map", "accuracy", "auroc", "kappa", "f1")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("data")
+
+
+def tiny_config(data_dir, strategy, **overrides):
+  """The demo's model and data, shrunk to seconds per epoch on a CPU."""
+  config = demo.get_config()
+  config.data_dir = str(data_dir)
+  config.strategy = strategy
+  config.dataset_options.num_train = 120
+  config.dataset_options.num_test = 48
+  config.resize, config.crop = 36, 32
+  config.batch_size = 16
+  config.eval_batch_size = 32
+  config.num_epochs = 2
+  config.progress = False
+  config.strategy_options.lp_epochs = 1
+  config.strategy_options.rgn_batches = 2
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_runs_and_writes_results(strategy, data_dir, tmp_path):
+  results = train.train_and_evaluate(tiny_config(data_dir, strategy), tmp_path)
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved == results
+  assert saved["strategy"] == strategy and saved["epochs_run"] == 2
+  for split in ("validation", "test"):
+    assert set(METRICS) <= set(saved[split])
+    assert all(np.isfinite(saved[split][m]) for m in METRICS)
+  assert saved["test"]["count"] == 48
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+  if strategy == "auto_rgn":
+    rgn = [json.loads(line) for line in (tmp_path / "rgn.jsonl").read_text().splitlines()]
+    assert len(rgn) == 2 and max(rgn[0]["weights"].values()) == pytest.approx(1.0)
+
+
+def test_demo_strategies_learn(data_dir, tmp_path):
+  """The demo's recipe on its own data size; kappa's chance level is 0."""
+  for strategy in demo.get_config().demo_strategies:
+    config = tiny_config(data_dir, strategy, num_epochs=4)
+    config.dataset_options.num_train = 320
+    config.dataset_options.num_test = 120
+    results = train.train_and_evaluate(config, tmp_path / strategy)
+    assert results["test"]["kappa"] > 0.4, (strategy, results["test"])
+    assert results["test"]["auroc"] > 0.8, (strategy, results["test"])
+
+
+def _best_variables(workdir, config):
+  arch = registry.get_arch(config.arch)
+  like = registry.init_variables(arch, 0, 4)
+  ckpts = checkpoints.RunCheckpoints(workdir)
+  epoch, best = ckpts.restore_best(like)
+  ckpts.close()
+  return epoch, best
+
+
+@pytest.mark.parametrize("strategy", ["lp_ft", "auto_rgn"])
+def test_interrupted_run_resumes_exactly(strategy, data_dir, tmp_path):
+  config = tiny_config(data_dir, strategy, num_epochs=3)
+  straight = train.train_and_evaluate(config, tmp_path / "straight")
+  # Interrupted after epoch 1 (LP-FT's phase switch) and after epoch 2.
+  assert train.train_and_evaluate(config, tmp_path / "sliced", max_epochs_this_call=1) is None
+  assert train.train_and_evaluate(config, tmp_path / "sliced", max_epochs_this_call=1) is None
+  resumed = train.train_and_evaluate(config, tmp_path / "sliced")
+  for key in ("best_epoch", "epochs_run", "validation", "test"):
+    assert resumed[key] == straight[key], key
+  for name in ("straight", "sliced"):
+    lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+  a = _best_variables(tmp_path / "straight", config)[1]
+  b = _best_variables(tmp_path / "sliced", config)[1]
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_finished_run_says_so(data_dir, tmp_path, capsys):
+  config = tiny_config(data_dir, "lp", num_epochs=1)
+  first = train.train_and_evaluate(config, tmp_path)
+  capsys.readouterr()
+  assert train.train_and_evaluate(config, tmp_path) == first
+  assert "has finished" in capsys.readouterr().out
+
+
+def test_evaluate_reproduces_test_metrics(data_dir, tmp_path):
+  config = tiny_config(data_dir, "ft", num_epochs=1)
+  results = train.train_and_evaluate(config, tmp_path)
+  again = evaluate.evaluate_run(tmp_path, "test")
+  for metric in METRICS + ("loss",):
+    assert again[metric] == pytest.approx(results["test"][metric], abs=1e-6)
+
+
+def test_workdir_with_other_config_is_refused(data_dir, tmp_path):
+  train.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=1), tmp_path,
+                           max_epochs_this_call=0)
+  with pytest.raises(ValueError, match=r"another config \(lr: 0\.001 -> 0\.01\)"):
+    train.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=1, lr=0.01), tmp_path)
+
+
+def test_missing_dataset_names_prepare_command(tmp_path):
+  config = base.get_config("isic2020,lp,resnet50")
+  config.data_dir = str(tmp_path)
+  with pytest.raises(DataError, match=r"python -m ftjax\.data prepare --dataset isic2020 "
+                                      r".* --resize 232"):
+    train.train_and_evaluate(config, tmp_path / "run")
+
+
+def test_missing_weights_names_convert_command(data_dir, tmp_path):
+  config = tiny_config(data_dir, "lp", init="pretrained", weights_dir=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match=r"resnet18-f37072fd\.pth.*weights_port convert"):
+    train.train_and_evaluate(config, tmp_path / "run")
+
+
+@pytest.mark.parametrize("field,value,listed", [
+    ("strategy", "lp-ft", "lp_ft"), ("arch", "resnet", "densenet121"),
+    ("dataset", "isic", "isic2020")])
+def test_unknown_names_list_the_valid_ones(field, value, listed, data_dir, tmp_path):
+  config = tiny_config(data_dir, "lp")
+  config[field] = value
+  with pytest.raises(ValueError, match=listed):
+    train.train_and_evaluate(config, tmp_path)
