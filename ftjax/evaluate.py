@@ -18,13 +18,6 @@ from ftjax.data import DataError
 from ftjax.models import registry
 from ftjax.strategies import get_strategy
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "a run directory of ftjax.train",
-                               required=True)
-_SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "split")
-_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
-                                "the best epoch by validation, or the last one")
-
-
 def evaluate_run(workdir: str | pathlib.Path, split: str = "test",
                  checkpoint: str = "best") -> dict:
   workdir = pathlib.Path(workdir)
@@ -62,12 +55,16 @@ def evaluate_run(workdir: str | pathlib.Path, split: str = "test",
 def main(argv) -> None:
   del argv
   try:
-    print(json.dumps(evaluate_run(_WORKDIR.value, _SPLIT.value, _CHECKPOINT.value),
-                     indent=2))
+    print(json.dumps(evaluate_run(flags.FLAGS.workdir, flags.FLAGS.split,
+                                  flags.FLAGS.checkpoint), indent=2))
   except (DataError, FileNotFoundError, ValueError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
 
 
 if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "a run directory of ftjax.train", required=True)
+  flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "split")
+  flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
+                    "the best epoch by validation, or the last one")
   app.run(main)

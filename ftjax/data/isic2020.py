@@ -74,13 +74,6 @@ class Isic2020(ImageBuilder):
                               source=str(image_dir / f"{row['image_name']}.jpg"),
                               label=int(row["target"]), patient_id=patient))
     self._notes["duplicates_removed"] = len(rows) - len(examples)
-    rest, test = splits.grouped_split([e.patient_id for e in examples], cfg.test_fraction,
-                                      cfg.seed)
-    rest_examples = [examples[i] for i in rest]
-    train, val = splits.grouped_split([e.patient_id for e in rest_examples],
-                                      cfg.val_fraction, cfg.seed + 1)
-    self._notes["split"] = (f"patient-grouped: test {cfg.test_fraction:.0%} (seed {cfg.seed}), "
-                            f"validation {cfg.val_fraction:.0%} of the rest (seed {cfg.seed + 1})")
-    return {"train": [rest_examples[i] for i in train],
-            "validation": [rest_examples[i] for i in val],
-            "test": [examples[i] for i in test]}
+    result, self._notes["split"] = splits.grouped_three_way(
+        examples, cfg.test_fraction, cfg.val_fraction, cfg.seed)
+    return result

@@ -55,3 +55,17 @@ def stratified_split(labels: Sequence[int], fraction: float,
   mask = np.zeros(len(labels), bool)
   mask[held] = True
   return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def grouped_three_way(examples: Sequence, test_fraction: float, val_fraction: float,
+                      seed: int) -> tuple[dict[str, list], str]:
+  """train / validation / test, each patient in one split: test first, then
+  validation from the rest. Returns the splits and a note for the metadata."""
+  rest, test = grouped_split([e.patient_id for e in examples], test_fraction, seed)
+  rest_examples = [examples[i] for i in rest]
+  train, val = grouped_split([e.patient_id for e in rest_examples], val_fraction, seed + 1)
+  note = (f"patient-grouped: test {test_fraction:.1%} (seed {seed}), "
+          f"validation {val_fraction:.0%} of the rest (seed {seed + 1})")
+  return {"train": [rest_examples[i] for i in train],
+          "validation": [rest_examples[i] for i in val],
+          "test": [examples[i] for i in test]}, note
