@@ -10,7 +10,7 @@ import json
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 import ml_collections
 
 from ftjax import checkpoints, evaluation, step, train
@@ -54,6 +54,7 @@ def evaluate_run(workdir: str | pathlib.Path, split: str = "test",
 
 def main(argv) -> None:
   del argv
+  logging.set_verbosity(logging.ERROR)  # orbax and TFDS are chatty at INFO
   try:
     print(json.dumps(evaluate_run(flags.FLAGS.workdir, flags.FLAGS.split,
                                   flags.FLAGS.checkpoint), indent=2))

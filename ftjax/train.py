@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -126,9 +126,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   _check_workdir_config(workdir, config)
 
   arch = registry.get_arch(config.arch)
-  info, builder = prepared_builder(config, arch)
   strategy = get_strategy(config.strategy, arch,
                           {**config.strategy_options.to_dict(), "lr": config.lr})
+  info, builder = prepared_builder(config, arch)
   loss_name = "sigmoid" if info.multilabel else "softmax"
   compute_dtype = _COMPUTE_DTYPES[config.compute_dtype]
   model = arch.build(info.num_classes)
@@ -263,6 +263,9 @@ def _chain(first, rest):
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Orbax and TFDS log every checkpoint and dataset load at INFO; the run's own
+  # output is printed.
+  logging.set_verbosity(logging.ERROR)
   config = flags.FLAGS.config
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/isic_lp.py")
