@@ -1,0 +1,150 @@
+"""Results of a sweep: loading, learning-rate selection, mean ± standard error.
+
+Learning-rate selection (per dataset, arch and strategy; validation split only):
+  1. For each learning rate, average the validation value of the dataset's first
+     main metric (results.json "main_metrics"[0]; higher is better) over the
+     seeds that finished. Only learning rates with the largest number of
+     finished seeds compete, so a partial grid never compares a 1-seed mean
+     with a 3-seed mean.
+  2. The highest mean wins; a tie (equal to 1e-12) goes to the lower mean
+     validation loss, then to the larger learning rate.
+The test split is never read for selection: the reported test cells are the
+seeds' test values at the selected learning rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any, Iterable
+
+import numpy as np
+
+# dataset -> arch -> strategy -> metric -> (mean, standard error), in percent.
+Cells = dict[str, dict[str, dict[str, dict[str, tuple[float, float]]]]]
+Key = tuple[str, str, str]  # (dataset, arch, strategy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One finished run (its results.json)."""
+  dataset: str
+  arch: str
+  strategy: str
+  lr: float
+  seed: int
+  main_metrics: tuple[str, ...]
+  validation: dict[str, float]
+  test: dict[str, float]
+  path: pathlib.Path
+
+  @property
+  def key(self) -> Key:
+    return (self.dataset, self.arch, self.strategy)
+
+
+def load_results(workdir: str | pathlib.Path) -> list[Record]:
+  """Every results.json under `workdir`, sorted by (dataset, arch, strategy, lr, seed)."""
+  records = []
+  for path in sorted(pathlib.Path(workdir).rglob("results.json")):
+    r = json.loads(path.read_text())
+    records.append(Record(r["dataset"], r["arch"], r["strategy"], float(r["lr"]),
+                          int(r["seed"]), tuple(r["main_metrics"]), r["validation"],
+                          r["test"], path.parent))
+  return sorted(records, key=lambda r: (r.key, r.lr, r.seed))
+
+
+def group(records: Iterable[Record]) -> dict[Key, dict[float, list[Record]]]:
+  """(dataset, arch, strategy) -> lr -> runs (one per seed)."""
+  out: dict[Key, dict[float, list[Record]]] = {}
+  for r in records:
+    out.setdefault(r.key, {}).setdefault(r.lr, []).append(r)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """The chosen learning rate of one (dataset, arch, strategy) and why."""
+  lr: float
+  metric: str
+  # lr -> (mean validation metric, mean validation loss, seeds) for every lr seen.
+  candidates: dict[float, tuple[float, float, int]]
+
+
+def select_lr(runs_by_lr: dict[float, list[Record]]) -> Selection:
+  """The learning rate by validation (module docstring); never looks at test."""
+  metric = next(iter(runs_by_lr.values()))[0].main_metrics[0]
+  candidates = {
+      lr: (float(np.mean([r.validation[metric] for r in runs])),
+           float(np.mean([r.validation["loss"] for r in runs])), len(runs))
+      for lr, runs in runs_by_lr.items()}
+  most = max(n for _, _, n in candidates.values())
+  eligible = [lr for lr, (_, _, n) in candidates.items() if n == most]
+
+  def score(lr: float):
+    value, loss, _ = candidates[lr]
+    value = -math.inf if math.isnan(value) else value
+    loss = math.inf if math.isnan(loss) else loss
+    return (round(value, 12), -loss, lr)
+
+  return Selection(max(eligible, key=score), metric, candidates)
+
+
+def mean_se(values: Iterable[float]) -> tuple[float, float]:
+  """Mean and standard error (sample std, ddof=1, over sqrt(n)); se is nan for n = 1."""
+  values = np.asarray(list(values), dtype=np.float64)
+  if values.size == 0:
+    return math.nan, math.nan
+  se = float(np.std(values, ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
+  return float(np.mean(values)), se
+
+
+@dataclasses.dataclass
+class Study:
+  """A sweep's results reduced to the paper's cells."""
+  cells: Cells                           # test values at the selected lr, percent
+  selections: dict[Key, Selection]
+  seeds: dict[Key, list[int]]            # seeds behind each cell
+  main_metrics: dict[str, tuple[str, ...]]  # dataset -> its two metrics
+  records: list[Record]
+
+  @property
+  def datasets(self) -> list[str]:
+    return list(self.cells)
+
+
+def summarize(records: list[Record], split: str = "test") -> Study:
+  """Selects each cell's learning rate on validation and averages `split` over seeds."""
+  cells: Cells = {}
+  selections, seeds, main_metrics = {}, {}, {}
+  for key, runs_by_lr in group(records).items():
+    dataset, arch, strategy = key
+    selection = select_lr(runs_by_lr)
+    runs = runs_by_lr[selection.lr]
+    metrics = runs[0].main_metrics
+    main_metrics[dataset] = metrics
+    cell = cells.setdefault(dataset, {}).setdefault(arch, {}).setdefault(strategy, {})
+    for metric in dict.fromkeys((*metrics, "loss", "map", "accuracy", "auroc", "kappa", "f1")):
+      scale = 1.0 if metric == "loss" else 100.0  # the paper prints percent
+      values = [getattr(r, split)[metric] * scale for r in runs if metric in getattr(r, split)]
+      if values:
+        cell[metric] = mean_se(values)
+    selections[key], seeds[key] = selection, [r.seed for r in runs]
+  return Study(cells, selections, seeds, main_metrics, records)
+
+
+def study(workdir: str | pathlib.Path) -> Study:
+  return summarize(load_results(workdir))
+
+
+def as_json(s: Study) -> dict[str, Any]:
+  """The summary as plain JSON (report/summary.json)."""
+  return {
+      "cells": s.cells,
+      "selected_lr": {"/".join(k): v.lr for k, v in s.selections.items()},
+      "lr_candidates": {"/".join(k): {f"{lr:g}": list(c) for lr, c in v.candidates.items()}
+                        for k, v in s.selections.items()},
+      "seeds": {"/".join(k): v for k, v in s.seeds.items()},
+  }
