@@ -14,7 +14,6 @@ from tests import torch_models
 from weights_port import mapping
 
 ALL_ARCHS = list(registry.ARCHS)
-DEEP = {"resnet101", "resnet152", "densenet161", "densenet169", "densenet201"}
 
 
 def _images(shape, seed=0):
@@ -53,9 +52,7 @@ def test_unknown_arch_lists_valid_names():
     registry.get_arch("resnet49")
 
 
-@pytest.mark.parametrize(
-    "arch", [a if a not in DEEP else pytest.param(a, marks=pytest.mark.slow)
-             for a in ALL_ARCHS])
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_logits_match_torchvision_small_odd_size(arch):
   model = torch_models.random_model(arch, num_classes=7)
   images = _images((2, 3, 49, 67))
