@@ -3,8 +3,10 @@
   <workdir>/checkpoints/latest/<epoch>/  train state + loop state, every epoch
   <workdir>/checkpoints/best/<epoch>/    params + batch_stats of the best epoch
 
-Orbax writes each checkpoint to a temporary directory and renames it when
-complete, so a run killed during a save resumes from the previous one.
+Orbax writes each checkpoint to a temporary directory
+(<epoch>.orbax-checkpoint-tmp-<n>) and renames it to <epoch> when complete;
+temporary directories are never listed as steps, so a run killed during a
+save resumes from the previous checkpoint, and the next manager removes them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import orbax.checkpoint as ocp
 
 def _manager(directory: pathlib.Path) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
-                                         enable_async_checkpointing=False)
+                                         enable_async_checkpointing=False,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
@@ -35,6 +38,8 @@ class RunCheckpoints:
     self.best = _manager(root / "best")
 
   def save_latest(self, epoch: int, state: Any, loop: dict[str, Any]) -> None:
+    if epoch in self.latest.all_steps():
+      self.latest.delete(epoch)
     self.latest.save(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)))
     self.latest.wait_until_finished()
@@ -49,6 +54,10 @@ class RunCheckpoints:
     return restored.state, dict(restored.loop)
 
   def save_best(self, epoch: int, variables: dict[str, Any]) -> None:
+    # A run killed after this save but before the epoch's latest checkpoint runs the
+    # epoch again and saves the same step: replace it.
+    if epoch in self.best.all_steps():
+      self.best.delete(epoch)
     self.best.save(epoch, args=ocp.args.StandardSave(variables), force=True)
     self.best.wait_until_finished()
 

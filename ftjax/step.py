@@ -171,7 +171,8 @@ def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransfo
                     trainable: Iterable[str], *, loss: str = "softmax",
                     bn_mode: str | None = None, compute_dtype: Any = None,
                     rgn_every: str | None = None, rgn_bn: str | None = None,
-                    compiler_options: dict[str, Any] | None = None):
+                    compiler_options: dict[str, Any] | None = None,
+                    shardings: tuple[Any, Any] | None = None):
   """A jitted `(state, batch, rng) -> (state, metrics)` for one phase.
 
   batch: {'image': NHWC float32 normalised, 'label': int32 [B] (softmax) or
@@ -181,7 +182,9 @@ def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransfo
   update. compute_dtype (e.g. jnp.bfloat16) runs the model in that dtype with
   float32 master params (BatchNorm params stay float32). The state argument
   is donated. compiler_options go to `jax.jit` (e.g. a lower XLA CPU
-  optimisation level for short test runs).
+  optimisation level for short test runs). shardings=(replicated, batch)
+  (`ftjax.distributed.DataParallel.shardings()`) pins the state, rng and
+  metrics replicated and the batch split over the mesh (data parallelism).
   """
   trainable = frozenset(trainable)
   tx = _transform(strategy)
@@ -212,7 +215,12 @@ def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransfo
                            batch_stats=batch_stats, opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options)
+  if shardings is None:
+    return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options)
+  replicated, batch = shardings
+  return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options,
+                 in_shardings=(replicated, batch, replicated),
+                 out_shardings=(replicated, replicated))
 
 
 # ---------------------------------------------------------------- Auto-RGN probe

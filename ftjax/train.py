@@ -13,7 +13,9 @@ checkpoints/ and, at the end, results.json.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pathlib
 import sys
 import time
@@ -27,13 +29,17 @@ from ml_collections import config_flags
 import numpy as np
 import tqdm
 
-from ftjax import checkpoints, evaluation, step
+from ftjax import checkpoints, distributed, evaluation, step
 from ftjax.data import DataError, get_dataset
 from ftjax.models import init_variables, load_pretrained, registry
 from ftjax.strategies import get_strategy
 from ftjax.logging_utils import MetricWriter
 
 _COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+class TrainingDivergedError(FloatingPointError):
+  """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def default_workdir(config: ml_collections.ConfigDict) -> str:
@@ -81,8 +87,86 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
       diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
       raise ValueError(f"{path}: this workdir holds a run with another config ({diffs}). "
                        f"Use another --workdir, or delete this one to start over.")
-  else:
-    path.write_text(json.dumps(current, indent=2) + "\n")
+  elif jax.process_index() == 0:
+    _write_atomic(path, json.dumps(current, indent=2) + "\n")
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes via a temporary file and a rename, so a kill never leaves half a file."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+_WORKDIR_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space or use a --workdir on another disk",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or use a --workdir "
+                  "on another disk",
+    errno.EACCES: "permission denied: make it writable (chmod/chown) or use another "
+                  "--workdir",
+    errno.EPERM: "permission denied: make it writable (chmod/chown) or use another "
+                 "--workdir",
+    errno.EROFS: "the file system is read-only: use a --workdir on a writable disk",
+    errno.ENOTDIR: "a file stands where a folder is needed: use another --workdir",
+    errno.EEXIST: "a file stands where a folder is needed: use another --workdir",
+}
+
+
+def check_workdir_writable(workdir: pathlib.Path, probe_bytes: int = 1 << 16) -> None:
+  """Creates the workdir and writes a small probe file, so that a read-only or full
+  disk fails now, with the fix, instead of at the first checkpoint."""
+  probe = workdir / f".write_probe.{jax.process_index()}.{os.getpid()}"
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+      os.write(fd, b"\0" * probe_bytes)
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+      probe.unlink(missing_ok=True)
+  except OSError as error:
+    if error.errno not in _WORKDIR_FIXES:
+      raise
+    raise ValueError(f"workdir {workdir.absolute()} is not writable "
+                     f"({os.strerror(error.errno)}); {_WORKDIR_FIXES[error.errno]}."
+                     ) from error
+
+
+def _trim_jsonl(path: pathlib.Path, epochs_done: int) -> None:
+  """Drops lines of epochs a killed run wrote but did not checkpoint (they are
+  run again) and a half-written last line."""
+  if not path.exists() or jax.process_index() != 0:
+    return
+  kept = []
+  for line in path.read_text().splitlines():
+    try:
+      if json.loads(line)["epoch"] < epochs_done:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      continue
+  text = "".join(line + "\n" for line in kept)
+  if text != path.read_text():
+    _write_atomic(path, text)
+
+
+def _check_finite(losses: np.ndarray, *, epoch: int, first_step: int,
+                  config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                  epochs_done: int) -> None:
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if not bad.size:
+    return
+  i = int(bad[0])
+  kept = (f"the checkpoint after epoch {epochs_done} is kept in {workdir / 'checkpoints'}"
+          if epochs_done else "no epoch had finished, so there is no checkpoint")
+  raise TrainingDivergedError(
+      f"training loss is {losses[i]} at epoch {epoch + 1}/{config.num_epochs}, step "
+      f"{i + 1} of the epoch (global step {first_step + i + 1}); training stopped and "
+      f"{kept}. Rerunning would diverge again: lower config.lr (now {config.lr:g}) or use "
+      f"compute_dtype='float32' in a new --workdir.")
 
 
 class _Monitor:
@@ -122,8 +206,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if results_path.exists():
     print(f"{workdir}: this run has finished; results in {results_path}.")
     return json.loads(results_path.read_text())
-  workdir.mkdir(parents=True, exist_ok=True)
+  check_workdir_writable(workdir)
+  distributed.initialize(config)
+  parallel = distributed.DataParallel()
+  parallel.check_divisible(config.batch_size, "config.batch_size")
+  parallel.check_divisible(config.eval_batch_size, "config.eval_batch_size")
   _check_workdir_config(workdir, config)
+  is_main = jax.process_index() == 0
 
   arch = registry.get_arch(config.arch)
   strategy = get_strategy(config.strategy, arch,
@@ -136,9 +225,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   sources = {split: builder.as_data_source(split) for split in ("train", "validation", "test")}
   eval_kwargs = dict(multilabel=info.multilabel, class_names=info.class_names,
                      batch_size=config.eval_batch_size, crop=config.crop,
-                     num_workers=config.num_workers)
+                     num_workers=config.num_workers, parallel=parallel)
 
   state = step.create_train_state(strategy, initial_variables(config, arch, info.num_classes))
+  state = parallel.replicate(state)
   ckpts = checkpoints.RunCheckpoints(workdir)
   loop = {"epoch": 0, "best_value": None, "best_epoch": None, "bad_epochs": 0,
           "stopped_early": False, "train_seconds": 0.0}
@@ -146,6 +236,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if restored is not None:
     state, loop = restored
     print(f"{workdir}: resuming after epoch {loop['epoch']}.")
+  for name in ("metrics.jsonl", "rgn.jsonl"):
+    _trim_jsonl(workdir / name, loop["epoch"])
   writer = MetricWriter(workdir)
   # Independent streams: dropout per global step, Auto-RGN probe per epoch.
   step_rng, probe_rng = jax.random.split(jax.random.key(config.seed))
@@ -166,7 +258,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     trainable = strategy.plan.phases[phase_index].trainable
     if phase_index not in train_steps:
       train_steps[phase_index] = step.make_train_step(
-          model, strategy, trainable, loss=loss_name, compute_dtype=compute_dtype)
+          model, strategy, trainable, loss=loss_name, compute_dtype=compute_dtype,
+          shardings=parallel.shardings())
     train_step = train_steps[phase_index]
     loader = iter(_epoch_loader(config, sources["train"], epoch))
 
@@ -180,26 +273,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         rgn_probe = rgn_probe or step.make_rgn_probe(
             model, loss=loss_name, rgn_bn=strategy.rgn["bn"], bn_mode=strategy.bn_mode,
             compute_dtype=compute_dtype)
-        batches = _stack([_train_batch(b, info.multilabel) for b in first])
+        batches = parallel.shard_stacked(
+            _stack([_train_batch(b, info.multilabel) for b in first]))
         weights = rgn_probe(state, batches, jax.random.fold_in(probe_rng, epoch))
-        writer.write_rgn(epoch, weights)
-      state = step.start_rgn_epoch(state, strategy, weights)
+        if is_main:
+          writer.write_rgn(epoch, weights)
+      state = parallel.replicate(step.start_rgn_epoch(state, strategy, weights))
 
     global_step = int(state.step)
     losses = []
-    bar = tqdm.tqdm(total=steps_per_epoch, disable=not config.progress, leave=False,
+    # disable=None: no bar when output is not a terminal (sweep logs, CI).
+    bar = tqdm.tqdm(total=steps_per_epoch, disable=None if config.progress else True,
+                    leave=False,
                     desc=f"epoch {epoch + 1}/{config.num_epochs} "
                          f"[{len(trainable)} module(s) training]", unit="step")
     for i, batch in enumerate(_chain(first, loader)):
-      state, step_metrics = train_step(state, _train_batch(batch, info.multilabel),
-                                       jax.random.fold_in(step_rng, global_step + i))
+      state, step_metrics = train_step(
+          state, parallel.shard_batch(_train_batch(batch, info.multilabel)),
+          jax.random.fold_in(step_rng, global_step + i))
       losses.append(step_metrics["loss"])
       bar.update(1)
       if i % 10 == 0:
         rate = (i + 1) * config.batch_size / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{float(losses[-1]):.4f}", img_s=f"{rate:.0f}")
     bar.close()
-    train_loss = float(np.mean(jax.device_get(losses)))
+    # One host transfer per epoch; a NaN stops the run before anything is saved.
+    step_losses = np.asarray(jax.device_get(losses), np.float32)
+    try:
+      _check_finite(step_losses, epoch=epoch, first_step=global_step, config=config,
+                    workdir=workdir, epochs_done=loop["epoch"])
+    except TrainingDivergedError:
+      writer.close()
+      ckpts.close()
+      raise
+    train_loss = float(np.mean(step_losses))
     epoch_seconds = time.perf_counter() - start
 
     val = evaluation.evaluate(model, _variables(state), sources["validation"], **eval_kwargs)
@@ -214,11 +321,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       loop["stopped_early"] = loop["bad_epochs"] >= config.patience
     loop["epoch"] = epoch + 1
     loop["train_seconds"] += epoch_seconds
-    writer.write_epoch(epoch, {
-        "phase": phase_index, "trainable": sorted(trainable), "train_loss": train_loss,
-        "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
-        "epoch_seconds": epoch_seconds,
-        **{f"val_{k}": v for k, v in val.items()}})
+    if is_main:
+      writer.write_epoch(epoch, {
+          "phase": phase_index, "trainable": sorted(trainable), "train_loss": train_loss,
+          "images_per_second": steps_per_epoch * config.batch_size / epoch_seconds,
+          "epoch_seconds": epoch_seconds,
+          **{f"val_{k}": v for k, v in val.items()}})
     ckpts.save_latest(loop["epoch"], state, loop)
     epochs_this_call += 1
     if config.progress:
@@ -226,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val loss {val['loss']:.4f}"
             f"{watched}{' (best)' if loop['best_epoch'] == epoch else ''}", flush=True)
 
-  best_epoch, best = ckpts.restore_best(_variables(state))
+  best_epoch, best = ckpts.restore_best(parallel.replicate(_variables(state)))
   test = evaluation.evaluate(model, best, sources["test"], **eval_kwargs)
   val = evaluation.evaluate(model, best, sources["validation"], **eval_kwargs)
   results = {
@@ -236,9 +344,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       "main_metrics": list(info.main_metrics), "best_epoch": best_epoch,
       "epochs_run": loop["epoch"], "stopped_early": loop["stopped_early"],
       "train_seconds": loop["train_seconds"], "validation": val, "test": test,
-      "device": jax.devices()[0].device_kind, "jax_version": jax.__version__,
+      "device": jax.devices()[0].device_kind, "devices": parallel.size,
+      "jax_version": jax.__version__,
   }
-  results_path.write_text(json.dumps(results, indent=2) + "\n")
+  if is_main:
+    _write_atomic(results_path, json.dumps(results, indent=2) + "\n")
   writer.close()
   ckpts.close()
   main = ", ".join(f"{m} {test[m]:.4f}" for m in info.main_metrics)
@@ -271,7 +381,7 @@ def main(argv) -> None:
     raise app.UsageError("--config is required, e.g. --config configs/isic_lp.py")
   try:
     train_and_evaluate(config, flags.FLAGS.workdir or default_workdir(config))
-  except (DataError, FileNotFoundError, ValueError) as error:
+  except (DataError, FileNotFoundError, ValueError, TrainingDivergedError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
 

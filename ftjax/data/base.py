@@ -87,7 +87,8 @@ def _decode(task: tuple[Callable[[Any], Any], Any, int]) -> tuple[bool, Any]:
     if isinstance(image, Image.Image):
       image.load()  # forces the full decode so truncation is caught here
     return True, preprocess.resize_shorter(image, resize)
-  except (OSError, ValueError, KeyError, SyntaxError, EOFError, TypeError) as exc:
+  except (OSError, ValueError, KeyError, SyntaxError, EOFError, TypeError,
+          Image.DecompressionBombError) as exc:  # the last: a header declaring absurd sizes
     return False, (f"{source}: cannot read image ({type(exc).__name__}: {exc}). "
                    "Re-download or re-extract this file, or prepare with --skip_bad "
                    "to skip and count bad images.")
