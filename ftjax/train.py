@@ -30,7 +30,7 @@ import numpy as np
 import tqdm
 
 from ftjax import checkpoints, distributed, evaluation, step
-from ftjax.data import DataError, get_dataset
+from ftjax.data import DataError, get_dataset, pipeline
 from ftjax.models import init_variables, load_pretrained, registry
 from ftjax.strategies import get_strategy
 from ftjax.logging_utils import MetricWriter
@@ -359,7 +359,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
 
 def _epoch_loader(config, source, epoch: int):
-  from ftjax.data import pipeline  # pylint: disable=import-outside-toplevel
   return pipeline.make_loader(source, config.batch_size, seed=config.seed, epoch=epoch,
                               shuffle=True, drop_remainder=True, crop=config.crop,
                               num_workers=config.num_workers)

@@ -26,6 +26,14 @@ import numpy as np
 from ftjax.data import preprocess
 
 
+def _example(image: np.ndarray, record: dict[str, Any], keep_ids: bool) -> dict[str, Any]:
+  """The transformed image with the record's label (and id, when asked for)."""
+  out = {"image": image, "label": np.asarray(record["label"])}
+  if keep_ids:
+    out["id"] = np.asarray(record["id"], dtype=object).astype(bytes)
+  return out
+
+
 @dataclasses.dataclass
 class CropNormalize(grain.transforms.Map):
   """Center crop + ImageNet normalise (paper 3.4) -> float32 HxWx3."""
@@ -36,11 +44,8 @@ class CropNormalize(grain.transforms.Map):
   keep_ids: bool = False
 
   def map(self, record: dict[str, Any]) -> dict[str, Any]:
-    out = {"image": preprocess.crop_normalize(record["image"], self.crop, self.mean, self.std),
-           "label": np.asarray(record["label"])}
-    if self.keep_ids:
-      out["id"] = np.asarray(record["id"], dtype=object).astype(bytes)
-    return out
+    image = preprocess.crop_normalize(record["image"], self.crop, self.mean, self.std)
+    return _example(image, record, self.keep_ids)
 
 
 @dataclasses.dataclass
@@ -51,11 +56,8 @@ class CenterCrop(grain.transforms.Map):
   keep_ids: bool = False
 
   def map(self, record: dict[str, Any]) -> dict[str, Any]:
-    out = {"image": np.ascontiguousarray(preprocess.center_crop(record["image"], self.crop)),
-           "label": np.asarray(record["label"])}
-    if self.keep_ids:
-      out["id"] = np.asarray(record["id"], dtype=object).astype(bytes)
-    return out
+    image = np.ascontiguousarray(preprocess.center_crop(record["image"], self.crop))
+    return _example(image, record, self.keep_ids)
 
 
 @dataclasses.dataclass
