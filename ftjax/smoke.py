@@ -13,9 +13,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from ftjax import step
 from ftjax.models import registry
+from ftjax.strategies import get_strategy
 
 
 def describe(arch_name: str) -> str:
@@ -28,32 +29,20 @@ def describe(arch_name: str) -> str:
 
 def overfit(arch_name: str, steps: int, batch: int, size: int, num_classes: int,
             seed: int = 0) -> list[float]:
-  """Adam on one random batch: the loss must fall if forward and backward work."""
+  """FT with Adam on one random batch: the loss must fall if forward and backward work."""
   arch = registry.get_arch(arch_name)
-  model = arch.build(num_classes)
-  variables = registry.init_variables(arch, seed, num_classes, size)
+  strategy = get_strategy("ft", arch, {"lr": 1e-3})
+  train_step = step.make_train_step(arch.build(num_classes), strategy,
+                                    strategy.plan.phases[0].trainable)
+  state = step.create_train_state(
+      strategy, registry.init_variables(arch, seed, num_classes, size))
   rng = np.random.default_rng(seed)
-  images = jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32))
-  labels = jnp.asarray(rng.integers(0, num_classes, batch))
-  optimizer = optax.adam(1e-3)
-
-  @jax.jit
-  def step(params, batch_stats, opt_state):
-    def loss_fn(params):
-      logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                    train=True, mutable=["batch_stats"])
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, updates["batch_stats"]
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-  params, batch_stats = variables["params"], variables["batch_stats"]
-  opt_state = optimizer.init(params)
+  data = {"image": jnp.asarray(rng.standard_normal((batch, size, size, 3), dtype=np.float32)),
+          "label": jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)}
   losses = []
-  for _ in range(steps):
-    params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state)
-    losses.append(float(loss))
+  for i in range(steps):
+    state, metrics = train_step(state, data, jax.random.key(i))
+    losses.append(float(metrics["loss"]))
   return losses
 
 
