@@ -54,8 +54,16 @@ def initialize(config: Any = None) -> None:
     kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
   if os.environ.get("JAX_PROCESS_ID"):
     kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+  # CPU processes need a collectives backend to talk to each other (GPUs use NCCL).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
   _initialized = True
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (no-op with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 class DataParallel:

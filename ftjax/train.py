@@ -51,10 +51,18 @@ def prepared_builder(config: ml_collections.ConfigDict, arch: registry.Arch):
   """The dataset's builder, prepared (synthetic data is generated on first use)."""
   info = get_dataset(config.dataset)
   resize = config.resize or arch.preprocessing.resize
-  builder = info.create(config.data_dir, resize=resize, **config.dataset_options.to_dict())
+  options = config.dataset_options.to_dict()
+  builder = info.create(config.data_dir, resize=resize, **options)
   if not builder.data_path.exists():
     if info.name.startswith("synthetic"):
-      builder.download_and_prepare()
+      # Several processes: the first generates, the others wait for it; a host that
+      # does not share its disk then generates its own copy (generation is seeded).
+      if jax.process_index() == 0:
+        builder.download_and_prepare()
+      distributed.barrier("synthetic dataset prepared")
+      builder = info.create(config.data_dir, resize=resize, **options)
+      if not builder.data_path.exists():
+        builder.download_and_prepare()
     else:
       raise DataError(
           f"{info.name} is not prepared in {pathlib.Path(config.data_dir).absolute()} "
@@ -201,13 +209,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   """Runs (or resumes) one run; returns results.json's content, or None if the
   call stopped after `max_epochs_this_call` epochs with the run unfinished
   (a time slice of a preemptible job: rerun to continue)."""
+  # Before any other JAX call: jax.distributed must start before the backend does.
+  distributed.initialize(config)
   workdir = pathlib.Path(workdir)
   results_path = workdir / "results.json"
   if results_path.exists():
     print(f"{workdir}: this run has finished; results in {results_path}.")
     return json.loads(results_path.read_text())
   check_workdir_writable(workdir)
-  distributed.initialize(config)
   parallel = distributed.DataParallel()
   parallel.check_divisible(config.batch_size, "config.batch_size")
   parallel.check_divisible(config.eval_batch_size, "config.eval_batch_size")

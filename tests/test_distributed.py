@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -16,39 +17,80 @@ from tests.test_train import tiny_config
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LR = 1e-5
 
-# Runs one tiny FT run on this process's devices and saves its best params.
+# Runs one tiny FT run on this process's devices (with several processes: on every
+# process's devices) and, on process 0, saves its best params. The main guard
+# keeps dataset preparation's worker processes from running it again.
 _SCRIPT = """
 import json, sys
 import jax, numpy as np
-from ftjax import checkpoints
+from ftjax import checkpoints, train
 from ftjax.models import registry
 from tests.test_train import tiny_config
-from ftjax import train
-data_dir, workdir, out = sys.argv[1:4]
-config = tiny_config(data_dir, "ft", eval_batch_size=20, lr=float(sys.argv[4]))
-results = train.train_and_evaluate(config, workdir)
-like = registry.init_variables(registry.get_arch(config.arch), 0, 4)
-ckpts = checkpoints.RunCheckpoints(workdir)
-_, best = ckpts.restore_best(like)
-ckpts.close()
-leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(best))
-np.savez(out, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves})
-print(json.dumps({"devices": jax.device_count(), "results": results}))
+
+def main():
+  data_dir, workdir, out = sys.argv[1:4]
+  config = tiny_config(data_dir, "ft", eval_batch_size=20, lr=float(sys.argv[4]))
+  results = train.train_and_evaluate(config, workdir)
+  like = registry.init_variables(registry.get_arch(config.arch), 0, 4)
+  ckpts = checkpoints.RunCheckpoints(workdir)
+  _, best = ckpts.restore_best(like)
+  ckpts.close()
+  # Replicated arrays: each process holds the whole value on its own devices.
+  local = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), best)
+  if jax.process_index() == 0:
+    leaves = jax.tree_util.tree_leaves_with_path(local)
+    np.savez(out, **{jax.tree_util.keystr(k): v for k, v in leaves})
+  print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
+                    "results": results}))
+
+if __name__ == "__main__":
+  main()
 """
 
 
-def _run(devices: int, data_dir, workdir, out) -> dict:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
-         "PYTHONPATH": str(ROOT)}
+def _env(devices: int) -> dict[str, str]:
+  return {**os.environ, "JAX_PLATFORMS": "cpu",
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+          "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
+          "PYTHONPATH": str(ROOT)}
+
+
+def _args(data_dir, workdir, out) -> list[str]:
   # A small lr: Adam scales every update to about lr, so a near-zero gradient whose
   # sign flips with the reduction order moves a weight by up to 2 lr per step.
-  args = [str(data_dir), str(workdir), str(out), str(LR)]
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT, *args], env=env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
+  return [str(data_dir), str(workdir), str(out), str(LR)]
+
+
+def _run(devices: int, data_dir, workdir, out) -> dict:
+  script = pathlib.Path(workdir).with_suffix(".py")
+  script.write_text(_SCRIPT)
+  proc = subprocess.run([sys.executable, str(script), *_args(data_dir, workdir, out)],
+                        env=_env(devices), cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _run_processes(processes: int, devices_each: int, data_dir, workdir, out) -> list[dict]:
+  """One run over `processes` local processes joined by jax.distributed (gloo on CPU)."""
+  script = pathlib.Path(workdir).with_suffix(".py")
+  script.write_text(_SCRIPT)
+  with socket.socket() as sock:  # a free port for the coordinator
+    sock.bind(("localhost", 0))
+    port = sock.getsockname()[1]
+  procs = []
+  for index in range(processes):
+    env = {**_env(devices_each), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+           "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(index)}
+    procs.append(subprocess.Popen(
+        [sys.executable, str(script), *_args(data_dir, workdir, out)], env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  outputs = []
+  for proc in procs:
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+  return outputs
 
 
 def _losses(workdir) -> list[float]:
@@ -56,26 +98,48 @@ def _losses(workdir) -> list[float]:
   return [json.loads(line)["train_loss"] for line in lines]
 
 
-def test_four_devices_match_one_device(tmp_path):
-  data_dir = tmp_path / "data"
-  one = _run(1, data_dir, tmp_path / "one", tmp_path / "one.npz")
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("one_device")
+  data_dir = root / "data"
+  return data_dir, _run(1, data_dir, root / "one", root / "one.npz"), root / "one"
+
+
+def _assert_same_run(one: dict, one_dir, other: dict, other_dir) -> None:
+  """Same loss curve, best epoch, metrics and best params to float32 tolerance."""
+  np.testing.assert_allclose(_losses(other_dir), _losses(one_dir), rtol=1e-4)
+  assert other["results"]["best_epoch"] == one["results"]["best_epoch"]
+  for split in ("validation", "test"):
+    for metric, value in one["results"][split].items():
+      assert other["results"][split][metric] == pytest.approx(value, rel=1e-4, abs=1e-5), (
+          split, metric)
+  a, b = np.load(one_dir.with_suffix(".npz")), np.load(other_dir.with_suffix(".npz"))
+  assert sorted(a) == sorted(b)
+  for key in a:
+    np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=10 * LR, err_msg=key)
+
+
+def test_four_devices_match_one_device(one_device_run, tmp_path):
+  data_dir, one, one_dir = one_device_run
   four = _run(4, data_dir, tmp_path / "four", tmp_path / "four.npz")
   assert (one["devices"], four["devices"]) == (1, 4)
   assert four["results"]["devices"] == 4
   # 12 validation and 48 test images in eval batches of 20: padded last batches.
   assert four["results"]["validation"]["count"] == 12
   assert four["results"]["test"]["count"] == 48
-  np.testing.assert_allclose(_losses(tmp_path / "four"), _losses(tmp_path / "one"),
-                             rtol=1e-4)
-  assert four["results"]["best_epoch"] == one["results"]["best_epoch"]
-  for split in ("validation", "test"):
-    for metric, value in one["results"][split].items():
-      assert four["results"][split][metric] == pytest.approx(value, rel=1e-4, abs=1e-5), (
-          split, metric)
-  a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "four.npz")
-  assert sorted(a) == sorted(b)
-  for key in a:
-    np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=10 * LR, err_msg=key)
+  _assert_same_run(one, one_dir, four, tmp_path / "four")
+
+
+def test_two_processes_match_one_device(one_device_run, tmp_path):
+  """The multi-host path: jax.distributed with 2 processes of 2 CPU devices each."""
+  data_dir, one, one_dir = one_device_run
+  runs = _run_processes(2, 2, tmp_path / "data", tmp_path / "two", tmp_path / "two.npz")
+  assert [(r["processes"], r["devices"]) for r in runs] == [(2, 4), (2, 4)]
+  timeless = [{k: v for k, v in r["results"].items() if k != "train_seconds"} for r in runs]
+  assert timeless[0] == timeless[1]
+  assert runs[0]["results"]["validation"]["count"] == 12
+  assert runs[0]["results"]["test"]["count"] == 48
+  _assert_same_run(one, one_dir, runs[0], tmp_path / "two")
 
 
 def test_batch_not_divisible_by_devices_names_the_field():
