@@ -4,18 +4,26 @@ Runs the paper's grid (datasets x archs x strategies x learning rates x seeds),
 one `ftjax.train` run per cell, in <workdir>/<dataset>/<arch>/<strategy>/lr<lr>/seed<seed>/.
 
 - Resumable: a run with results.json is skipped; an interrupted run resumes from
-  its checkpoint (train_and_evaluate does that); a failed run is retried.
+  its checkpoint (train_and_evaluate does that); a failed run is retried by the
+  next sweep, at most --max_attempts times in all (then it is listed as given up
+  until --retry_failed).
+- A run whose training loss became NaN/Inf (ftjax.train.TrainingDivergedError)
+  would diverge again from the same config, so it is recorded in
+  <run>/diverged.json, listed as diverged (not failed, exit status unaffected)
+  and not retried by later sweeps unless --retry_diverged.
 - Safe to start twice on one workdir: each run is guarded by a non-blocking
   `fcntl.flock` on <run>/lock; a locked run is skipped, and picked up later if
   the process holding it dies before finishing it.
-- A failing run writes <run>/error.txt and the sweep goes on; the failures are
-  listed at the end and the exit status is 1.
+- A failing run writes <run>/error.txt (and counts the attempt in
+  <run>/attempts.json) and the sweep goes on; the failures are listed at the end
+  and the exit status is 1. Within one sweep a run is attempted at most once.
 - One device: runs in-process, one after another. Several (`--devices N`, or
   automatic when JAX sees more than one): one `python -m ftjax.train` subprocess
   per device at a time, each seeing one device (CUDA_VISIBLE_DEVICES).
 
 Subsets: --datasets isic2020,bach --archs resnet50 --strategies ft,lp --lrs 1e-4
---seeds 0,1; --dry_run lists the runs and their status.
+--seeds 0,1; --dry_run lists the runs and their status. Retries: --retry_diverged,
+--retry_failed, --max_attempts 3.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import threading
@@ -37,9 +46,23 @@ import tqdm
 
 LOCK_NAME = "lock"
 ERROR_NAME = "error.txt"
+DIVERGED_NAME = "diverged.json"
+ATTEMPTS_NAME = "attempts.json"  # failed attempts so far, to bound retries
 RESULTS_NAME = "results.json"
 RUN_CONFIG_NAME = "run_config.json"  # the run's full config, for subprocess runs
 AXES = ("datasets", "archs", "strategies", "lrs", "seeds")
+MAX_ATTEMPTS = 3
+TRAIN_COMMAND = (sys.executable, "-m", "ftjax.train")
+# What `python -m ftjax.train` prints for a TrainingDivergedError before exiting 1.
+_DIVERGED_LINE = re.compile(r"^error: (training loss is \S+ at epoch .*)$")
+
+
+class RunDiverged(RuntimeError):
+  """The run's training loss became NaN/Inf; the same config would diverge again.
+
+  Runners raise it (the built-in ones translate ftjax.train's
+  TrainingDivergedError) so that the sweep records the run as diverged.
+  """
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -127,8 +150,24 @@ def is_done(run_dir: pathlib.Path) -> bool:
   return (run_dir / RESULTS_NAME).exists()
 
 
+def failed_attempts(run_dir: pathlib.Path) -> int:
+  """Failed attempts recorded for the run (0 if none or unreadable)."""
+  try:
+    return int(json.loads((run_dir / ATTEMPTS_NAME).read_text())["failed"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return 0
+
+
+def diverged_error(run_dir: pathlib.Path) -> str:
+  """The error line recorded in <run>/diverged.json."""
+  try:
+    return str(json.loads((run_dir / DIVERGED_NAME).read_text())["error"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return "training diverged"
+
+
 def status(run_dir: pathlib.Path) -> str:
-  """done | running (locked by a process) | failed | partial | pending."""
+  """done | running (locked by a process) | diverged | failed | partial | pending."""
   if is_done(run_dir):
     return "done"
   if (run_dir / LOCK_NAME).exists():
@@ -136,6 +175,8 @@ def status(run_dir: pathlib.Path) -> str:
     if not lock.acquire():
       return "running"
     lock.release()
+  if (run_dir / DIVERGED_NAME).exists():
+    return "diverged"
   if (run_dir / ERROR_NAME).exists():
     return "failed"
   if (run_dir / "config.json").exists():
@@ -153,28 +194,46 @@ def run_in_process(spec: RunSpec, config: ml_collections.ConfigDict, run_dir: pa
   """Trains the run in this process (raises on failure)."""
   del spec, device
   from ftjax import train  # pylint: disable=import-outside-toplevel
-  if train.train_and_evaluate(config, run_dir) is None:
+  try:
+    results = train.train_and_evaluate(config, run_dir)
+  except train.TrainingDivergedError as error:
+    raise RunDiverged(str(error)) from error
+  if results is None:
     raise RuntimeError("train_and_evaluate returned without results.")
 
 
 def run_in_subprocess(spec: RunSpec, config: ml_collections.ConfigDict,
-                      run_dir: pathlib.Path, device: str | None = None) -> None:
-  """Trains the run with `python -m ftjax.train` seeing only `device`; output to log.txt."""
+                      run_dir: pathlib.Path, device: str | None = None,
+                      command: Sequence[str] = TRAIN_COMMAND) -> None:
+  """Trains the run with `python -m ftjax.train` seeing only `device`; output to log.txt.
+
+  `command` replaces `python -m ftjax.train` (it gets --config and --workdir).
+  """
   del spec
   config_path = run_dir / RUN_CONFIG_NAME
   config_path.write_text(config.to_json_best_effort(indent=2) + "\n")
   env = dict(os.environ)
   if device is not None:
     env["CUDA_VISIBLE_DEVICES"] = device
-  command = [sys.executable, "-m", "ftjax.train",
-             "--config", f"{pathlib.Path(__file__).absolute()}:{config_path.absolute()}",
-             "--workdir", str(run_dir)]
-  with open(run_dir / "log.txt", "a") as log:
-    code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+  argv = [*command,
+          "--config", f"{pathlib.Path(__file__).absolute()}:{config_path.absolute()}",
+          "--workdir", str(run_dir)]
+  log_path = run_dir / "log.txt"
+  with open(log_path, "a") as log:
+    start = log.tell()  # the log accumulates attempts; only this one's output counts
+    code = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
   if code != 0:
-    tail = (run_dir / "log.txt").read_text().splitlines()[-30:]
-    raise RuntimeError(f"python -m ftjax.train exited with {code}; last lines of "
-                       f"{run_dir / 'log.txt'}:\n" + "\n".join(tail))
+    with open(log_path, "rb") as log:
+      log.seek(start)
+      lines = log.read().decode(errors="replace").splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    diverged = _DIVERGED_LINE.match(errors[-1]) if errors else None
+    if diverged:
+      raise RunDiverged(diverged.group(1))
+    name = ("python -m ftjax.train" if tuple(command) == TRAIN_COMMAND
+            else " ".join(command))
+    raise RuntimeError(f"{name} exited with {code}; last lines of {log_path}:\n"
+                       + "\n".join(lines[-30:]))
 
 
 def get_config(path: str) -> ml_collections.ConfigDict:
@@ -188,26 +247,37 @@ def get_config(path: str) -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass
 class SweepSummary:
+  """What one sweep did; `failed` and `diverged` carry each run's last error line.
+
+  diverged: runs that diverged in this sweep; diverged_before: runs recorded as
+  diverged by an earlier sweep and not retried; gave_up: runs not retried because
+  they already failed `max_attempts` times (with their attempt count).
+  """
   total: int
   ran: list[RunSpec] = dataclasses.field(default_factory=list)
   already_done: list[RunSpec] = dataclasses.field(default_factory=list)
   done_elsewhere: list[RunSpec] = dataclasses.field(default_factory=list)
   failed: list[tuple[RunSpec, str]] = dataclasses.field(default_factory=list)
+  diverged: list[tuple[RunSpec, str]] = dataclasses.field(default_factory=list)
+  diverged_before: list[tuple[RunSpec, str]] = dataclasses.field(default_factory=list)
+  gave_up: list[tuple[RunSpec, int]] = dataclasses.field(default_factory=list)
 
   @property
   def ok(self) -> bool:
-    return not self.failed
+    """Every run finished or diverged (a diverged run is an outcome, not a fault)."""
+    return not self.failed and not self.gave_up
 
 
 class _Queue:
-  """Hands out runs that are unfinished and lockable; thread-safe."""
+  """Hands out runs that are unfinished, not to be skipped, and lockable; thread-safe."""
 
   def __init__(self, specs: list[RunSpec], workdir: pathlib.Path, summary: SweepSummary,
-               bar: tqdm.tqdm):
+               bar: tqdm.tqdm, retry_diverged: bool, retry_failed: bool, max_attempts: int):
     self.pending = list(specs)
     self.workdir, self.summary, self.bar = workdir, summary, bar
+    self.retry_diverged, self.retry_failed = retry_diverged, retry_failed
+    self.max_attempts = max_attempts
     self.mutex = threading.Lock()
-    self.first_pass = True
 
   def take(self) -> tuple[RunSpec, RunLock] | str | None:
     """(spec, held lock), or "wait" (only runs locked elsewhere left), or None (all done)."""
@@ -224,9 +294,25 @@ class _Queue:
           lock.release()
           self._finished_elsewhere(spec)
           continue
+        if self._skipped(spec, run_dir):
+          lock.release()
+          continue
         self.pending.remove(spec)
         return spec, lock
       return "wait" if self.pending else None
+
+  def _skipped(self, spec: RunSpec, run_dir: pathlib.Path) -> bool:
+    """Records and drops a run that must not be retried (checked under its lock)."""
+    if (run_dir / DIVERGED_NAME).exists() and not self.retry_diverged:
+      self.summary.diverged_before.append((spec, diverged_error(run_dir)))
+    elif (run_dir / ERROR_NAME).exists() and not self.retry_failed and (
+        failed_attempts(run_dir) >= self.max_attempts):
+      self.summary.gave_up.append((spec, failed_attempts(run_dir)))
+    else:
+      return False
+    self.pending.remove(spec)
+    self.bar.update(1)
+    return True
 
   def _finished_elsewhere(self, spec: RunSpec) -> None:
     self.pending.remove(spec)
@@ -237,14 +323,20 @@ class _Queue:
 def run_sweep(sweep_config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
               specs: Iterable[RunSpec] | None = None, *, devices: int = 1,
               runner: Runner | None = None, poll_seconds: float = 10.0,
-              progress: bool = True) -> SweepSummary:
+              progress: bool = True, retry_diverged: bool = False,
+              retry_failed: bool = False, max_attempts: int = MAX_ATTEMPTS) -> SweepSummary:
   """Runs every unfinished run of `specs` (default: the whole grid).
 
   devices > 1 runs that many subprocesses at once, one per device; otherwise
-  runs go in-process one by one. `runner` replaces how one run is executed.
-  Returns when every run is done or failed, including runs another process
-  held when this one reached them.
+  runs go in-process one by one. `runner` replaces how one run is executed; it
+  raises RunDiverged for a run whose loss became NaN/Inf. Runs recorded as
+  diverged are skipped unless `retry_diverged`; runs that already failed
+  `max_attempts` times are skipped unless `retry_failed`. Returns when every run
+  is done, diverged, failed or skipped, including runs another process held
+  when this one reached them.
   """
+  if max_attempts < 1:
+    raise ValueError(f"max_attempts must be at least 1, got {max_attempts}.")
   workdir = pathlib.Path(workdir)
   specs = list(grid(sweep_config) if specs is None else specs)
   summary = SweepSummary(total=len(specs))
@@ -255,7 +347,8 @@ def run_sweep(sweep_config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
 
   bar = tqdm.tqdm(total=len(specs), initial=len(summary.already_done), unit="run",
                   desc="sweep", disable=not progress, dynamic_ncols=True)
-  queue = _Queue([s for s in specs if s not in summary.already_done], workdir, summary, bar)
+  queue = _Queue([s for s in specs if s not in summary.already_done], workdir, summary, bar,
+                 retry_diverged, retry_failed, max_attempts)
   record = threading.Lock()
 
   def worker(device: str | None) -> None:
@@ -272,21 +365,34 @@ def run_sweep(sweep_config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
         with record:
           bar.set_postfix_str(spec.name)
         (run_dir / ERROR_NAME).unlink(missing_ok=True)
+        (run_dir / DIVERGED_NAME).unlink(missing_ok=True)
         runner(spec, spec.config(sweep_config.base), run_dir, device)
+        (run_dir / ATTEMPTS_NAME).unlink(missing_ok=True)
         with record:
           summary.ran.append(spec)
+      except RunDiverged as diverged:
+        # Deterministic: the same config diverges again, so later sweeps skip it.
+        _write_json(run_dir / DIVERGED_NAME, {
+            "run": spec.name, "lr": spec.lr, "seed": spec.seed, "error": str(diverged),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        with record:
+          summary.diverged.append((spec, str(diverged)))
+          tqdm.tqdm.write(f"DIVERGED {spec.name}: see {run_dir / DIVERGED_NAME}")
       except Exception:  # pylint: disable=broad-except
         # One failing run must not stop the grid: log it and go on.
         message = traceback.format_exc()
         (run_dir / ERROR_NAME).write_text(message)
+        attempts = failed_attempts(run_dir) + 1
+        _write_json(run_dir / ATTEMPTS_NAME, {"failed": attempts})
         with record:
           summary.failed.append((spec, message.strip().splitlines()[-1]))
-          tqdm.tqdm.write(f"FAILED {spec.name}: see {run_dir / ERROR_NAME}")
+          tqdm.tqdm.write(f"FAILED {spec.name} (attempt {attempts}; sweeps try a run up to "
+                          f"--max_attempts {max_attempts} times): see {run_dir / ERROR_NAME}")
       finally:
         lock.release()
       with record:
         bar.update(1)
-        bar.set_postfix(failed=len(summary.failed))
+        bar.set_postfix(failed=len(summary.failed), diverged=len(summary.diverged))
 
   if len(device_ids) == 1:
     worker(device_ids[0])
@@ -298,6 +404,12 @@ def run_sweep(sweep_config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
       thread.join()
   bar.close()
   return summary
+
+
+def _write_json(path: pathlib.Path, value: dict) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(value, indent=2) + "\n")
+  tmp.replace(path)
 
 
 def _device_ids(devices: int) -> list[str | None]:
@@ -336,6 +448,37 @@ def describe(specs: Sequence[RunSpec], workdir: str | pathlib.Path) -> str:
   return "\n".join(lines)
 
 
+def summary_lines(summary: SweepSummary, workdir: str | pathlib.Path,
+                  max_attempts: int = MAX_ATTEMPTS) -> tuple[list[str], list[str]]:
+  """The end-of-sweep report: (lines for stdout, lines for stderr)."""
+  def where(spec: RunSpec, name: str) -> pathlib.Path:
+    return spec.directory(workdir) / name
+
+  counts = [f"{len(summary.ran)} ran", f"{len(summary.already_done)} already done",
+            f"{len(summary.done_elsewhere)} finished by another process"]
+  if summary.diverged or summary.diverged_before:
+    counts.append(f"{len(summary.diverged) + len(summary.diverged_before)} diverged")
+  counts.append(f"{len(summary.failed)} failed")
+  if summary.gave_up:
+    counts.append(f"{len(summary.gave_up)} given up")
+  out = [f"sweep: {', '.join(counts)}, of {summary.total}."]
+  for spec, error in summary.diverged:
+    out.append(f"  DIVERGED {spec.name}: {error} ({where(spec, DIVERGED_NAME)})")
+  for spec, error in summary.diverged_before:
+    out.append(f"  DIVERGED earlier, not retried {spec.name}: {error} "
+               f"({where(spec, DIVERGED_NAME)})")
+  if summary.diverged or summary.diverged_before:
+    out.append("  Diverged runs are not retried by later sweeps (they would diverge again); "
+               "pass --retry_diverged to run them anyway.")
+  err = [f"  FAILED {spec.name}: {last_line} ({where(spec, ERROR_NAME)})"
+         for spec, last_line in summary.failed]
+  for spec, attempts in summary.gave_up:
+    err.append(f"  GIVEN UP {spec.name}: failed {attempts} times (limit --max_attempts "
+               f"{max_attempts}), not retried; see {where(spec, ERROR_NAME)}, fix the cause, "
+               f"then rerun with --retry_failed.")
+  return out, err
+
+
 def _split(value: str | None) -> list[str] | None:
   return [v for v in value.split(",") if v] if value else None
 
@@ -358,13 +501,12 @@ def main(argv) -> None:
   print(f"{len(specs)} runs in {f.workdir} on {devices} device(s) "
         f"({'subprocesses' if devices > 1 else 'in-process'}).", flush=True)
   summary = run_sweep(f.config, f.workdir, specs, devices=devices,
-                      poll_seconds=f.poll_seconds)
-  print(f"sweep: {len(summary.ran)} ran, {len(summary.already_done)} already done, "
-        f"{len(summary.done_elsewhere)} finished by another process, "
-        f"{len(summary.failed)} failed, of {summary.total}.")
-  for spec, last_line in summary.failed:
-    print(f"  FAILED {spec.name}: {last_line} "
-          f"({spec.directory(f.workdir) / ERROR_NAME})", file=sys.stderr)
+                      poll_seconds=f.poll_seconds, retry_diverged=f.retry_diverged,
+                      retry_failed=f.retry_failed, max_attempts=f.max_attempts)
+  out, err = summary_lines(summary, f.workdir, f.max_attempts)
+  print("\n".join(out), flush=True)
+  if err:
+    print("\n".join(err), file=sys.stderr)
   if not summary.ok:
     sys.exit(1)
 
@@ -383,4 +525,11 @@ if __name__ == "__main__":
                        "0: jax.local_device_count()")
   flags.DEFINE_float("poll_seconds", 10.0, "wait between checks on runs locked by another "
                      "sweep")
+  flags.DEFINE_boolean("retry_diverged", False, "also run again the runs an earlier sweep "
+                       "recorded as diverged (<run>/diverged.json); they resume from their "
+                       "last good checkpoint with the same config")
+  flags.DEFINE_boolean("retry_failed", False, "also run again the runs that already failed "
+                       "--max_attempts times")
+  flags.DEFINE_integer("max_attempts", MAX_ATTEMPTS, "failed attempts after which later "
+                       "sweeps stop retrying a run", lower_bound=1)
   app.run(main)

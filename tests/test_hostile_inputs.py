@@ -1,8 +1,13 @@
 """Hostile inputs give a clear error (or a counted skip), never run code."""
 
 import io
+import os
+import pathlib
 import pickle
 import struct
+import subprocess
+import sys
+import textwrap
 import zipfile
 import zlib
 
@@ -12,6 +17,9 @@ import pytest
 
 from ftjax.data import base
 from weights_port import __main__ as weights_cli
+from weights_port import pth
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _png_bytes(size=(8, 8)) -> bytes:
@@ -84,3 +92,169 @@ def test_npz_with_object_arrays_cannot_be_loaded_without_pickle(tmp_path):
   with pytest.raises(ValueError, match="allow_pickle"):
     data = np.load(path, allow_pickle=False)
     _ = data["train_images"]
+
+
+# --- .pth files whose tensor layouts disagree with their storages -------------------
+# Written opcode by opcode, so the declared sizes are exactly what a hostile file
+# could hold (torch itself would refuse to build such tensors).
+
+
+def _op_str(text: str) -> bytes:
+  data = text.encode()
+  return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _op_int(value: int) -> bytes:
+  data = pickle.encode_long(value)
+  return b"\x8a" + bytes([len(data)]) + data
+
+
+def _op_tuple(values) -> bytes:
+  return b"(" + b"".join(_op_int(v) for v in values) + b"t"
+
+
+def _state_pickle(tensors: dict, storages: dict, legacy: bool) -> bytes:
+  """A protocol-2 state_dict pickle: name -> (storage key, offset, size, stride)."""
+  out = b"\x80\x02}("
+  for name, (key, offset, size, stride) in tensors.items():
+    dtype_name, numel = storages[key]
+    pid = (b"(" + _op_str("storage") + b"ctorch\n" + dtype_name.encode() + b"\n"
+           + _op_str(key) + _op_str("cpu") + _op_int(numel) + (b"N" if legacy else b"")
+           + b"t")
+    out += (_op_str(name) + b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"Q"
+            + _op_int(offset) + _op_tuple(size) + _op_tuple(stride)
+            + b"\x89ccollections\nOrderedDict\n)Rt" + b"R")
+  return out + b"u."
+
+
+def _write_pth(path, tensors, storages, fmt="zip", data_bytes=None):
+  """storages: key -> (storage type, declared numel); data holds data_bytes (or what
+  the declared numel needs) of ones, float32."""
+  payload = _state_pickle(tensors, storages, legacy=fmt == "legacy")
+  data = {k: np.ones(numel if data_bytes is None else data_bytes // 4, np.float32).tobytes()
+          for k, (_, numel) in storages.items()}
+  if fmt == "zip":
+    with zipfile.ZipFile(path, "w") as archive:
+      archive.writestr("archive/data.pkl", payload)
+      archive.writestr("archive/byteorder", "little")
+      archive.writestr("archive/version", "3\n")
+      for key, raw in data.items():
+        archive.writestr(f"archive/data/{key}", raw)
+  else:
+    head = b"".join(pickle.dumps(v, protocol=2) for v in (
+        0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}))
+    tail = b"".join(struct.pack("<q", len(raw) // 4) + raw for raw in data.values())
+    path.write_bytes(head + payload + pickle.dumps(list(data), protocol=2) + tail)
+  return path
+
+
+_F32 = "FloatStorage"
+BAD_LAYOUTS = {
+    # name: (tensors, storages, expected message part)
+    "stride0_huge": ({"w": ("0", 0, (10**6, 10**6), (0, 0))}, {"0": (_F32, 1)},
+                     r"declares size \(1000000, 1000000\) of float32 \(3725\.3 GiB\), over "
+                     r"the cap"),
+    "size_overflows_int64": ({"w": ("0", 0, (2**40, 2**40, 2**40), (0, 0, 0))},
+                             {"0": (_F32, 1)}, "over the cap"),
+    "past_storage_end": ({"w": ("0", 0, (8,), (1,))}, {"0": (_F32, 4)},
+                         r"reaches element 7 of storage 0, which holds 4"),
+    "offset_past_end": ({"w": ("0", 10, (1,), (1,))}, {"0": (_F32, 4)},
+                        "reaches element 10 of storage 0"),
+    "negative_size": ({"w": ("0", 0, (-1, 4), (4, 1))}, {"0": (_F32, 4)}, "negative size"),
+    "negative_stride": ({"w": ("0", 3, (4,), (-1,))}, {"0": (_F32, 4)}, "negative size"),
+    "absurd_ndim": ({"w": ("0", 0, (1,) * 100, (0,) * 100)}, {"0": (_F32, 1)},
+                    "declares 100 dimensions"),
+    "huge_dim_next_to_zero": ({"w": ("0", 0, (0, 10**30), (1, 1))}, {"0": (_F32, 1)},
+                              r"a dimension no tensor under the cap can have"),
+    "storage_of_1e12": ({"w": ("0", 0, (4,), (1,))}, {"0": (_F32, 10**12)},
+                        r"uses a storage of 1000000000000 float32 elements"),
+}
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+@pytest.mark.parametrize("case", BAD_LAYOUTS)
+def test_pth_with_inconsistent_layout_is_refused_before_allocating(tmp_path, case, fmt):
+  tensors, storages, expected = BAD_LAYOUTS[case]
+  path = _write_pth(tmp_path / "crafted.pth", tensors, storages, fmt,
+                    data_bytes=16 if case == "storage_of_1e12" else None)
+  with pytest.raises(pth.PthFormatError, match=expected) as err:
+    pth.read_state_dict(path)
+  message = str(err.value)
+  assert message.startswith(f"{path}: tensor 'w' ")
+  assert "malformed or not a torchvision checkpoint" in message
+
+
+def test_pth_with_absurd_tensor_through_the_converter_cli(tmp_path, capsys):
+  src = _write_pth(tmp_path / "resnet18-f37072fd.pth", *BAD_LAYOUTS["stride0_huge"][:2])
+  code = weights_cli.main(["convert", "--arch", "resnet18", "--src", str(src),
+                           "--out", str(tmp_path / "out"), "--no-check-hash"])
+  err = capsys.readouterr().err
+  assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+  assert err.startswith(f"error: {src}: tensor 'w' declares size (1000000, 1000000) of "
+                        "float32 (3725.3 GiB), over the cap; the file is malformed or not a "
+                        "torchvision checkpoint")
+
+
+def test_pth_views_repeating_data_beyond_the_cap_are_refused(tmp_path):
+  # Each tensor alone is under the cap; together they repeat 4 stored bytes 1600 times.
+  tensors = {name: ("0", 0, (200,), (0,)) for name in ("a", "b", "c")}
+  path = _write_pth(tmp_path / "repeat.pth", tensors, {"0": (_F32, 1)})
+  with pytest.raises(pth.PthFormatError,
+                     match=r"tensor 'b' brings the arrays to 1\.6 KiB, though the file "
+                           r"stores 4 bytes.*max_tensor_bytes \(now 1\.0 KiB\)"):
+    pth.read_state_dict(path, max_tensor_bytes=1024)
+  assert pth.read_state_dict(path, max_tensor_bytes=4096)["c"].shape == (200,)
+
+
+def test_pth_cap_is_a_parameter(tmp_path):
+  path = _write_pth(tmp_path / "big.pth", {"w": ("0", 0, (64, 64), (64, 1))},
+                    {"0": (_F32, 64 * 64)})
+  with pytest.raises(pth.PthFormatError, match=r"16\.0 KiB\), over the cap.*larger "
+                                               r"max_tensor_bytes \(now 8\.0 KiB\)"):
+    pth.read_state_dict(path, max_tensor_bytes=8 << 10)
+  assert pth.read_state_dict(path)["w"].shape == (64, 64)
+
+
+@pytest.mark.parametrize("fmt", ["zip", "legacy"])
+def test_pth_legitimate_odd_layouts_still_load(tmp_path, fmt):
+  tensors = {
+      "expanded": ("0", 0, (3, 4), (0, 1)),          # stride 0, as torch's expand()
+      "scalar": ("1", 0, (), ()),                    # BN num_batches_tracked is 0-d
+      "empty": ("2", 0, (0, 3), (3, 1)),             # zero-size
+      "unit_dim": ("0", 1, (1, 3), (10**15, 1)),     # a length-1 dim's stride is unused
+  }
+  storages = {"0": (_F32, 4), "1": (_F32, 1), "2": (_F32, 0)}
+  got = pth.read_state_dict(_write_pth(tmp_path / "odd.pth", tensors, storages, fmt))
+  assert got["expanded"].shape == (3, 4) and got["expanded"].flags.owndata
+  np.testing.assert_array_equal(got["expanded"], np.ones((3, 4), np.float32))
+  assert got["scalar"].shape == () and got["scalar"] == 1.0
+  assert got["empty"].shape == (0, 3)
+  assert got["unit_dim"].shape == (1, 3)
+
+
+def test_pth_unknown_storage_type_is_named(tmp_path):
+  path = _write_pth(tmp_path / "complex.pth", {"w": ("0", 0, (1,), (1,))},
+                    {"0": ("ComplexFloatStorage", 1)})
+  with pytest.raises(pth.PthFormatError, match=r"complex\.pth: holds a tensor of storage "
+                                               r"type torch\.ComplexFloatStorage"):
+    pth.read_state_dict(path)
+
+
+def test_pth_refusal_needs_no_memory(tmp_path):
+  """Under a 1 GiB address-space limit the crafted files are refused, not a MemoryError."""
+  paths = [str(_write_pth(tmp_path / f"{case}.pth", *BAD_LAYOUTS[case][:2]))
+           for case in ("stride0_huge", "size_overflows_int64")]
+  code = textwrap.dedent(f"""
+      import resource
+      resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+      from weights_port import pth
+      for path in {paths!r}:
+        try:
+          pth.read_state_dict(path)
+        except pth.PthFormatError:
+          print("refused")
+      """)
+  env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120, check=False)
+  assert out.returncode == 0 and out.stdout.split() == ["refused", "refused"], out.stderr

@@ -111,6 +111,33 @@ def test_dtypes_views_and_shared_storage(tmp_path: Path, fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_expanded_and_empty_tensors_pass_the_layout_checks(tmp_path: Path, fmt: str) -> None:
+  # Stride-0 views are legal torch: they load as long as their copies stay under the cap.
+  state = OrderedDict(
+    expanded=torch.arange(3.0).expand(4, 3),
+    column=torch.arange(5.0).reshape(5, 1).expand(5, 6),
+    tracked=torch.tensor(7),
+    empty=torch.empty(0, 3, 0),
+  )
+  assert state["expanded"].stride() == (0, 1)
+  path = _save(state, tmp_path / "expanded.pth", fmt)
+  _assert_matches_torch(path)
+  # 3 stored floats repeated into 12, and 5 into 30: 168 bytes from 40 stored.
+  with pytest.raises(PthFormatError, match=r"tensor 'column' brings the arrays to 168 "
+                                           r"bytes, though the file stores 40 bytes"):
+    read_state_dict(path, max_tensor_bytes=120)
+
+
+def test_real_checkpoint_is_under_the_default_cap(resnet_state: OrderedDict,
+                                                   tmp_path: Path) -> None:
+  path = _save(resnet_state, tmp_path / "resnet18.pth", "zip")
+  largest = max(t.numel() * t.element_size() for t in resnet_state.values())
+  assert len(read_state_dict(path, max_tensor_bytes=largest)) == len(resnet_state)
+  with pytest.raises(PthFormatError, match=r"resnet18\.pth: tensor '[\w.]+' .*over the cap"):
+    read_state_dict(path, max_tensor_bytes=largest - 1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_wrapped_state_dict_is_unwrapped(tmp_path: Path, fmt: str) -> None:
   state = OrderedDict(w=torch.randn(2, 2))
   got = read_state_dict(_save({"state_dict": state}, tmp_path / "wrapped.pth", fmt))

@@ -1,5 +1,6 @@
 """ftjax.sweep (grid, resume, locks, failures) and ftjax.report (tables 3-12, figures)."""
 
+import functools
 import json
 import os
 import pathlib
@@ -378,3 +379,134 @@ def test_subprocess_runs_get_the_same_config_and_one_device_each(tmp_path, monke
   assert sweep._device_ids(2) == ["4", "6"]  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
     sweep._device_ids(3)  # pylint: disable=protected-access
+
+
+# --- Diverged runs and bounded retries ---------------------------------------------------
+
+# What `python -m ftjax.train` prints for a TrainingDivergedError (then exits 1).
+DIVERGED_LINE = ("error: training loss is nan at epoch 2/3, step 5 of the epoch (global step "
+                 "17); training stopped and the checkpoint after epoch 1 is kept in {ckpt}. "
+                 "Rerunning would diverge again: lower config.lr (now 0.001) or use "
+                 "compute_dtype='float32' in a new --workdir.")
+
+# Stands in for `python -m ftjax.train`: reads the run config the sweep wrote; lr 1e-3
+# seed 0 diverges, strategy lp seed 1 fails otherwise, the rest write results.json.
+FAKE_TRAIN = """
+import json, pathlib, sys
+workdir = pathlib.Path(sys.argv[sys.argv.index("--workdir") + 1])
+config = json.loads((workdir / "run_config.json").read_text())
+print("epoch 1: train loss 0.7", flush=True)
+if config["lr"] == 1e-3 and config["seed"] == 0:
+  print(%r.format(ckpt=workdir / "checkpoints"), file=sys.stderr)
+  sys.exit(1)
+if config["strategy"] == "lp" and config["seed"] == 1:
+  print("error: synthetic is not prepared in /nowhere", file=sys.stderr)
+  sys.exit(1)
+accuracy = 0.6 if config["lr"] == 1e-4 else 0.9  # 1e-3 looks better on validation
+split = lambda: {"loss": 0.5, "map": 0.5, "accuracy": accuracy, "auroc": 0.5, "kappa": 0.5,
+                 "f1": 0.5, "count": 10}
+(workdir / "results.json").write_text(json.dumps({
+    "dataset": config["dataset"], "arch": config["arch"], "strategy": config["strategy"],
+    "lr": config["lr"], "seed": config["seed"], "main_metrics": ["accuracy", "auroc"],
+    "validation": split(), "test": split()}))
+""" % DIVERGED_LINE
+
+
+def _fake_train_runner():
+  return functools.partial(sweep.run_in_subprocess,
+                           command=(sys.executable, "-c", FAKE_TRAIN))
+
+
+def test_diverged_run_is_recorded_reported_and_not_retried(tmp_path):
+  config = tiny_sweep_config(tmp_path / "data", strategies=("ft",))
+  workdir = tmp_path / "runs"
+  specs = sweep.grid(config)
+  bad = next(s for s in specs if s.lr == 1e-3 and s.seed == 0)
+  bad_dir = bad.directory(workdir)
+  summary = sweep.run_sweep(config, workdir, runner=_fake_train_runner(), progress=False)
+
+  assert summary.ok and not summary.failed  # diverging is an outcome, not a fault
+  assert [s for s, _ in summary.diverged] == [bad]
+  assert summary.diverged[0][1].startswith("training loss is nan at epoch 2/3")
+  assert sorted(summary.ran) == sorted(s for s in specs if s != bad)
+  marker = json.loads((bad_dir / "diverged.json").read_text())
+  assert marker["run"] == bad.name and marker["error"].startswith("training loss is nan")
+  assert not (bad_dir / "error.txt").exists() and not (bad_dir / "attempts.json").exists()
+  assert sweep.status(bad_dir) == "diverged"
+  assert f"diverged {bad.name}" in sweep.describe(specs, workdir)
+  assert "1 diverged, 3 done" in sweep.describe(specs, workdir)
+  out, err = sweep.summary_lines(summary, workdir)
+  assert out[0] == "sweep: 3 ran, 0 already done, 0 finished by another process, " \
+                   "1 diverged, 0 failed, of 4."
+  assert out[1] == (f"  DIVERGED {bad.name}: {summary.diverged[0][1]} "
+                    f"({bad_dir / 'diverged.json'})")
+  assert "--retry_diverged" in out[-1] and not err
+
+  # A rerun does not retry it (it would diverge again), and says so.
+  log = tmp_path / "rerun.log"
+  again = sweep.run_sweep(config, workdir, runner=fake_runner(log), progress=False)
+  assert not log.exists() and not again.ran and again.ok
+  assert [s for s, _ in again.diverged_before] == [bad]
+  assert again.diverged_before[0][1] == marker["error"]
+  out, _ = sweep.summary_lines(again, workdir)
+  assert "1 diverged" in out[0] and "DIVERGED earlier, not retried" in out[1]
+
+  # Unless asked: then it runs, and a success clears the marker.
+  retried = sweep.run_sweep(config, workdir, runner=fake_runner(log), progress=False,
+                            retry_diverged=True)
+  assert retried.ran == [bad] and log.read_text().split() == [bad.name]
+  assert sweep.status(bad_dir) == "done" and not (bad_dir / "diverged.json").exists()
+
+
+def test_report_skips_diverged_runs_and_their_learning_rate(tmp_path):
+  config = tiny_sweep_config(tmp_path / "data", strategies=("ft",))
+  workdir = tmp_path / "runs"
+  sweep.run_sweep(config, workdir, runner=_fake_train_runner(), progress=False)
+  study = report.study(workdir)
+  # lr 1e-3 has the better validation accuracy but lost seed 0 to divergence, so only
+  # lr 1e-4 has every seed and is selected; the report reads no diverged run.
+  selection = study.selections[("synthetic", "resnet18", "ft")]
+  assert selection.lr == 1e-4 and selection.candidates[1e-3][2] == 1
+  assert study.seeds[("synthetic", "resnet18", "ft")] == [0, 1]
+  assert len(study.records) == 3
+
+
+def test_other_failures_are_retried_a_bounded_number_of_times(tmp_path):
+  config = tiny_sweep_config(tmp_path / "data", strategies=("lp",), lrs=(1e-4,))
+  workdir = tmp_path / "runs"
+  bad = sweep.grid(config)[1]  # lp seed 1: fails with a non-divergence error
+  bad_dir = bad.directory(workdir)
+  for attempt in (1, 2):
+    summary = sweep.run_sweep(config, workdir, runner=_fake_train_runner(), progress=False,
+                              max_attempts=2)
+    assert [s for s, _ in summary.failed] == [bad] and not summary.diverged
+    assert "synthetic is not prepared" in summary.failed[0][1]
+    assert json.loads((bad_dir / "attempts.json").read_text()) == {"failed": attempt}
+  assert "synthetic is not prepared" in (bad_dir / "error.txt").read_text()
+  assert sweep.status(bad_dir) == "failed"
+
+  log = tmp_path / "runs.log"
+  third = sweep.run_sweep(config, workdir, runner=fake_runner(log), progress=False,
+                          max_attempts=2)
+  assert not log.exists() and not third.ok and third.gave_up == [(bad, 2)]
+  out, err = sweep.summary_lines(third, workdir, max_attempts=2)
+  assert "1 given up" in out[0]
+  assert err == [f"  GIVEN UP {bad.name}: failed 2 times (limit --max_attempts 2), not "
+                 f"retried; see {bad_dir / 'error.txt'}, fix the cause, then rerun with "
+                 f"--retry_failed."]
+  fixed = sweep.run_sweep(config, workdir, runner=fake_runner(log), progress=False,
+                          max_attempts=2, retry_failed=True)
+  assert fixed.ok and fixed.ran == [bad]
+  assert not (bad_dir / "error.txt").exists() and not (bad_dir / "attempts.json").exists()
+
+
+def test_in_process_divergence_is_recognised(tmp_path, monkeypatch):
+  from ftjax import train  # pylint: disable=import-outside-toplevel
+
+  def diverge(config, workdir):
+    raise train.TrainingDivergedError("training loss is inf at epoch 1/1, step 1")
+  monkeypatch.setattr(train, "train_and_evaluate", diverge)
+  config = tiny_sweep_config(tmp_path / "data", strategies=("ft",), lrs=(1e-3,), seeds=(0,))
+  summary = sweep.run_sweep(config, tmp_path / "runs", progress=False)
+  assert [(s.name, e) for s, e in summary.diverged] == [
+      (sweep.grid(config)[0].name, "training loss is inf at epoch 1/1, step 1")]

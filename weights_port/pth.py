@@ -9,7 +9,9 @@ Two on-disk layouts are understood:
 
 The pickles are read by an unpickler that admits only the handful of globals
 a plain ``state_dict`` needs, each replaced by a local marker, so a hostile
-file cannot run code.
+file cannot run code. Every tensor's declared layout (size, stride, offset,
+storage) is checked against its storage and a size cap before any storage is
+read, so a hostile file cannot make the reader allocate more than the cap.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import ml_dtypes
 import numpy as np
 
 __all__ = [
+  "DEFAULT_MAX_TENSOR_BYTES",
   "PthError",
   "PthFormatError",
   "UnsafePickleError",
@@ -37,6 +40,11 @@ __all__ = [
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
+# The largest torchvision tensor (a ViT-H/14 or RegNet-Y-128GF weight) is well
+# under 1 GiB, so 4 GiB refuses only files that are not torchvision checkpoints.
+DEFAULT_MAX_TENSOR_BYTES = 4 << 30
+# numpy arrays have at most 64 dimensions; torchvision tensors have at most 5.
+_MAX_NDIM = 32
 
 _STORAGE_DTYPES: dict[str, np.dtype] = {
   "FloatStorage": np.dtype(np.float32),
@@ -163,6 +171,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
     # Old files saved from a GPU name torch.cuda.*Storage; the bytes are the same.
     if module in ("torch", "torch.cuda") and name in _STORAGE_DTYPES:
       return _StorageType(name, _STORAGE_DTYPES[name])
+    if module in ("torch", "torch.cuda") and name.endswith("Storage"):
+      raise PthFormatError(
+        f"{self._path}: holds a tensor of storage type {module}.{name}, which ftjax does "
+        f"not read (known: {', '.join(_STORAGE_DTYPES)}); the file is malformed or not a "
+        f"torchvision checkpoint, so nothing was loaded."
+      )
     if module == "__builtin__":  # protocol-2 pickles spell builtins the Python 2 way
       module = "builtins"
     raise UnsafePickleError(
@@ -194,28 +208,89 @@ class _RestrictedUnpickler(pickle.Unpickler):
     return _StorageRef(key, dtype, offset, view_numel)
 
 
-# --- turning markers into arrays -------------------------------------------------
+# --- checking layouts, then turning markers into arrays ---------------------------
+
+
+def _bytes(n: int) -> str:
+  if n >= 1 << 63:
+    return "more than 8 EiB"
+  for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+    if n >= 1 << shift:
+      return f"{n / (1 << shift):.1f} {unit}"
+  return f"{n} bytes"
+
+
+def _malformed(path: str, name: str, detail: str, fix: str = "") -> PthFormatError:
+  return PthFormatError(
+    f"{path}: tensor {name!r} {detail}; the file is malformed or not a torchvision "
+    f"checkpoint, so nothing was loaded. {fix or 'Download the weights again from torchvision.'}"
+  )
+
+
+def _check_layouts(path: str, refs: dict[str, _TensorRef],
+                   roots: dict[str, tuple[np.dtype, int]], max_tensor_bytes: int) -> None:
+  """Refuse any tensor whose layout disagrees with its storage or exceeds the cap.
+
+  Runs before any storage is read, so a file that declares absurd sizes costs
+  nothing but this check.
+  """
+  raise_cap = (f"If you trust this file, pass a larger max_tensor_bytes "
+               f"(now {_bytes(max_tensor_bytes)}).")
+  stored, first_user = 0, {}
+  for name, ref in refs.items():
+    first_user.setdefault(ref.storage.key, name)
+  for key, name in first_user.items():
+    dtype, numel = roots[key]
+    stored += numel * dtype.itemsize
+    if numel * dtype.itemsize > max_tensor_bytes:
+      raise _malformed(path, name, f"uses a storage of {numel} {dtype} elements "
+                       f"({_bytes(numel * dtype.itemsize)}), over the cap", raise_cap)
+  total = 0
+  for name, ref in refs.items():
+    storage, dtype = ref.storage, ref.storage.dtype
+    size, stride = ref.size, ref.stride
+    if len(size) > _MAX_NDIM:
+      raise _malformed(path, name, f"declares {len(size)} dimensions")
+    if any(n < 0 for n in size) or any(s < 0 for s in stride) or ref.offset < 0:
+      raise _malformed(path, name, f"declares a negative size, stride or offset (size "
+                       f"{size}, stride {stride}, offset {ref.offset})")
+    nbytes = math.prod(size) * dtype.itemsize
+    if nbytes > max_tensor_bytes:
+      raise _malformed(path, name, f"declares size {size} of {dtype} "
+                       f"({_bytes(nbytes)}), over the cap", raise_cap)
+    # A zero-size tensor may still declare an absurd dimension next to its 0.
+    if max(size, default=0) > max_tensor_bytes:
+      raise _malformed(path, name, f"declares size {size}, a dimension no tensor "
+                       f"under the cap can have")
+    if nbytes == 0:
+      continue
+    last = ref.offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage.numel:
+      raise _malformed(path, name, f"of size {size}, stride {stride} and offset "
+                       f"{ref.offset} reaches element {last} of storage {storage.key}, "
+                       f"which holds {storage.numel}")
+    total += nbytes
+    # Views that repeat stored elements (stride 0, overlaps) are legal torch, but
+    # must not turn a small file into a huge allocation.
+    if total > stored + max_tensor_bytes:
+      raise _malformed(path, name, f"brings the arrays to {_bytes(total)}, though the "
+                       f"file stores {_bytes(stored)}: its views repeat the stored data "
+                       f"by more than the cap", raise_cap)
 
 
 def _to_array(ref: _TensorRef, raw: bytes | memoryview, big_endian: bool) -> np.ndarray:
-  """Copy one tensor out of its root storage's bytes."""
+  """Copy one tensor out of its root storage's bytes (layout already checked)."""
   dtype, storage = ref.storage.dtype, ref.storage
-  if any(s < 0 for s in ref.size):
-    raise ValueError(f"negative tensor size {ref.size}")
   if math.prod(ref.size) == 0:
     return np.zeros(ref.size, dtype=dtype)
-  # torch never writes negative strides; refusing them keeps the bounds check simple.
-  last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
-  if ref.offset < 0 or any(s < 0 for s in ref.stride) or last >= storage.numel:
-    raise ValueError(f"a tensor of size {ref.size} reaches past the end of storage {storage.key}")
   itemsize = dtype.itemsize
   swap = big_endian and itemsize > 1
   # Swap through a same-width unsigned view so bfloat16 needs no special case.
   read_dtype = np.dtype(f">u{itemsize}") if swap else dtype
   flat = np.frombuffer(raw, dtype=read_dtype, count=storage.numel, offset=storage.offset * itemsize)
-  view = np.lib.stride_tricks.as_strided(
-    flat[ref.offset:], shape=ref.size, strides=tuple(s * itemsize for s in ref.stride)
-  )
+  # The stride of a length-1 dimension is never followed; 0 keeps it in range.
+  strides = tuple(0 if n == 1 else s * itemsize for n, s in zip(ref.size, ref.stride))
+  view = np.lib.stride_tricks.as_strided(flat[ref.offset:], shape=ref.size, strides=strides)
   out = np.array(view, order="C", copy=True)
   if swap:
     out = out.astype(f"=u{itemsize}").view(dtype)
@@ -243,7 +318,7 @@ def _materialize(refs: dict[str, _TensorRef], key: str, raw: bytes | memoryview,
       out[name] = _to_array(ref, raw, big_endian)
 
 
-def _read_zip(path: str) -> dict[str, np.ndarray]:
+def _read_zip(path: str, max_tensor_bytes: int) -> dict[str, np.ndarray]:
   with zipfile.ZipFile(path) as zf:
     pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pkls) != 1:
@@ -258,6 +333,7 @@ def _read_zip(path: str) -> dict[str, np.ndarray]:
     with zf.open(pkls[0]) as f:
       obj = _RestrictedUnpickler(f, path, legacy=False, roots=roots).load()
     refs = _collect(obj, path)
+    _check_layouts(path, refs, roots, max_tensor_bytes)
     out: dict[str, np.ndarray] = dict.fromkeys(refs)  # type: ignore[arg-type]
     for key in {ref.storage.key: None for ref in refs.values()}:
       dtype, numel = roots[key]
@@ -266,9 +342,15 @@ def _read_zip(path: str) -> dict[str, np.ndarray]:
         size = zf.getinfo(entry).file_size
       except KeyError:
         raise _truncated(path, f"the zip archive lacks the entry {entry}") from None
-      if size < numel * dtype.itemsize:
-        raise _truncated(path, f"storage {key} holds {size} bytes, {numel * dtype.itemsize} needed")
-      _materialize(refs, key, zf.read(entry), byteorder == b"big", out)
+      needed = numel * dtype.itemsize
+      if size < needed:
+        raise _truncated(path, f"storage {key} holds {size} bytes, {needed} needed")
+      # Read only what the storage needs: the entry's declared size is not trusted.
+      with zf.open(entry) as f:
+        raw = f.read(needed)
+      if len(raw) != needed:
+        raise _truncated(path, f"storage {key} data is cut short")
+      _materialize(refs, key, raw, byteorder == b"big", out)
     return out
 
 
@@ -279,7 +361,7 @@ def _read_exact(f: IO[bytes], n: int, path: str, what: str) -> bytes:
   return data
 
 
-def _read_legacy(path: str, f: IO[bytes]) -> dict[str, np.ndarray]:
+def _read_legacy(path: str, f: IO[bytes], max_tensor_bytes: int) -> dict[str, np.ndarray]:
   file_size = os.fstat(f.fileno()).st_size
   roots: dict[str, tuple[np.dtype, int]] = {}
 
@@ -308,6 +390,7 @@ def _read_legacy(path: str, f: IO[bytes]) -> dict[str, np.ndarray]:
   keys = [k.decode("ascii") if isinstance(k, bytes) else k for k in keys]
   if set(keys) != set(roots):
     raise _truncated(path, "the list of storage keys does not match the tensors")
+  _check_layouts(path, refs, roots, max_tensor_bytes)
   out: dict[str, np.ndarray] = dict.fromkeys(refs)  # type: ignore[arg-type]
   for key in keys:
     dtype, numel = roots[key]
@@ -328,12 +411,19 @@ def _not_checkpoint(path: str) -> PthFormatError:
   )
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+def read_state_dict(path: str | os.PathLike[str], *,
+                    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> dict[str, np.ndarray]:
   """Read ``torch.save(model.state_dict(), path)`` output as ordered name -> numpy array.
 
   Arrays are C-contiguous copies that own their memory; bfloat16 tensors come back
   as ``ml_dtypes.bfloat16``. A top-level ``{'state_dict': ...}`` or ``{'model': ...}``
   wrapper is removed.
+
+  Args:
+    path: the .pth file.
+    max_tensor_bytes: no tensor or storage may be larger, and views that repeat
+      stored data (stride 0) may add at most this much in all; a file that
+      declares more is refused before anything is allocated.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
@@ -345,7 +435,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise _truncated(path, "it is empty (0 bytes)")
       if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         f.close()
-        return _read_zip(path)
+        return _read_zip(path, max_tensor_bytes)
       if len(head) >= 262 and head[257:262] == b"ustar":
         raise PthFormatError(
           f"{path}: uses torch's pre-1.0 tar checkpoint format, which is not supported. "
@@ -354,7 +444,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
       if not head.startswith(b"\x80"):  # every legacy file opens with a binary pickle
         raise _not_checkpoint(path)
       f.seek(0)
-      return _read_legacy(path, f)
+      return _read_legacy(path, f, max_tensor_bytes)
   except PthError:
     raise
   except zipfile.BadZipFile as e:

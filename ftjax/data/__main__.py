@@ -3,6 +3,9 @@
   python -m ftjax.data prepare --dataset isic2020 --manual_dir ~/isic \
       --data_dir ~/tfds [--resize 232] [--skip_bad] [--option unit=image]
   python -m ftjax.data inspect --dataset isic2020 --data_dir ~/tfds --out sheet.png
+
+Bad input data ends the command with one line, ``error: <file>: <what is wrong and
+the fix>``, on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     return prepare(args) if args.command == "prepare" else inspect(args)
-  except (DataError, ValueError) as exc:
+  except (DataError, ValueError, OSError) as exc:  # OSError: unreadable files, full disk
     print(f"error: {exc}", file=sys.stderr)
     return 2
 

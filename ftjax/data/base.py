@@ -117,19 +117,48 @@ def require_file(path: Path, what: str, where: str) -> Path:
   return path
 
 
+# Label files are refused as a whole: a bad row means a damaged or foreign file,
+# and dropping its rows would silently change the splits.
+NOT_SKIPPED = "--skip_bad skips unreadable images, not bad labels."
+
+
 def read_csv(path: Path, required: Sequence[str], where: str = "") -> list[dict[str, str]]:
-  """CSV rows as dicts; a DataError naming the file and any missing column."""
+  """CSV rows as dicts; a DataError naming the file (and row) for anything that is
+  not a complete CSV with the required columns: empty, not UTF-8, a missing
+  column, a row with too few or too many fields, broken quoting."""
   import csv
+  import io
   require_file(path, "CSV file", where)
-  with open(path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.DictReader(f)
-    columns = [c.strip() for c in (reader.fieldnames or [])]
+  fix = f"Use the dataset's original CSV file (re-download or re-extract it). {where}".strip()
+  data = path.read_bytes()
+  if not data.strip():
+    raise DataError(f"{path}: file is empty{' (0 bytes)' if not data else ''}. {fix}")
+  try:
+    text = data.decode("utf-8-sig")
+  except UnicodeDecodeError as exc:
+    line = data[:exc.start].count(b"\n") + 1
+    raise DataError(f"{path} row {line}: not UTF-8 text (byte {data[exc.start]:#04x} at "
+                    f"offset {exc.start}). {fix}") from None
+  reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+  rows = []
+  try:
+    columns = [c.strip() for c in next(reader)]
     missing = [c for c in required if c not in columns]
     if missing:
-      raise DataError(f"{path}: missing column(s) {missing} (found {columns}). Use the "
-                      f"dataset's original CSV file. {where}".strip())
-    return [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-            for row in reader]
+      raise DataError(f"{path}: missing column(s) {missing} (found {columns}). {fix}")
+    for fields in reader:
+      if not fields:  # a blank line
+        continue
+      if len(fields) != len(columns):
+        raise DataError(f"{path} row {reader.line_num}: {len(fields)} fields where the header "
+                        f"has {len(columns)} (a truncated or damaged line). {fix} {NOT_SKIPPED}")
+      rows.append({k: v.strip() for k, v in zip(columns, fields)})
+  except csv.Error as exc:
+    raise DataError(f"{path} row {reader.line_num}: not valid CSV ({exc}; an unclosed quote "
+                    f"or a truncated file). {fix}") from None
+  if not rows:
+    raise DataError(f"{path}: has a header but no rows (a truncated download?). {fix}")
+  return rows
 
 
 class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

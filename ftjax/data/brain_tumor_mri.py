@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ftjax.data import splits
-from ftjax.data.base import Example, ImageBuilder, ImageConfig, natural_key
+from ftjax.data.base import NOT_SKIPPED, Example, ImageBuilder, ImageConfig, natural_key
 from ftjax.data.errors import DataError
 
 WHERE = ("Download the brain tumour dataset from https://doi.org/10.6084/m9.figshare.1512427 "
@@ -38,12 +38,16 @@ class BrainTumorMriConfig(ImageConfig):
   test_fraction: float = 0.177
 
 
-def read_header(path: str) -> tuple[int, str]:
-  """(label 1..3, patient id) of one .mat file."""
+def read_header(path: str) -> tuple[float, str]:
+  """(label, 1..3 in a valid file, and patient id) of one .mat file."""
   import h5py
   with h5py.File(path, "r") as f:
     data = f["cjdata"]
-    label = int(np.asarray(data["label"]).ravel()[0])
+    values = np.asarray(data["label"]).ravel()
+    if values.size != 1:
+      raise ValueError(f"cjdata/label holds {values.size} values, not one")
+    # Kept as read: a fraction or NaN must not be truncated into some class.
+    label = float(values[0])
     pid = "".join(chr(int(c)) for c in np.asarray(data["PID"]).ravel() if int(c))
   return label, pid
 
@@ -80,7 +84,7 @@ class BrainTumorMri(ImageBuilder):
         if path.stat().st_size == 0:
           raise OSError("file is empty (0 bytes)")
         label, pid = read_header(str(path))
-      except (OSError, KeyError, ValueError) as exc:
+      except (OSError, KeyError, ValueError, TypeError) as exc:
         message = (f"{path}: cannot read MATLAB v7.3 file ({exc}). Re-download it, or "
                    "prepare with --skip_bad to skip and count bad files.")
         if not self.skip_bad:
@@ -88,9 +92,9 @@ class BrainTumorMri(ImageBuilder):
         bad.append(message)
         continue
       if label not in (1, 2, 3):
-        raise DataError(f"{path}: unknown label {label} in cjdata/label; expected 1, 2 or 3. "
-                        f"{WHERE}")
-      examples.append(Example(key=path.stem, source=str(path), label=label - 1,
+        raise DataError(f"{path}: unknown label {label:g} in cjdata/label; expected 1, 2 or 3. "
+                        f"{WHERE} {NOT_SKIPPED}")
+      examples.append(Example(key=path.stem, source=str(path), label=int(label) - 1,
                               patient_id=pid or f"unknown_{path.stem}"))
     self._notes["unreadable_headers_skipped"] = len(bad)
     self._notes["unreadable_header_files"] = bad[:200]

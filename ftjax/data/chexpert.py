@@ -24,7 +24,8 @@ import re
 from pathlib import Path, PurePosixPath
 
 from ftjax.data import splits
-from ftjax.data.base import Example, ImageBuilder, ImageConfig, natural_key, read_csv
+from ftjax.data.base import (NOT_SKIPPED, Example, ImageBuilder, ImageConfig, natural_key,
+                             read_csv)
 from ftjax.data.errors import DataError
 
 WHERE = ("Download CheXpert-v1.0-small from https://stanfordmlgroup.github.io/competitions/"
@@ -59,7 +60,7 @@ def map_label(value: str, column: str, where: str) -> float:
   if v == -1.0:
     return 1.0 if column in U_ONES else 0.0
   raise DataError(f"{where}: unknown label {value!r} in column {column!r}; "
-                  "expected 1.0, 0.0, -1.0 or blank.")
+                  f"expected 1.0, 0.0, -1.0 or blank. Use the original CSV. {NOT_SKIPPED}")
 
 
 class Chexpert(ImageBuilder):
@@ -89,8 +90,12 @@ class Chexpert(ImageBuilder):
     rows = read_csv(path, ["Path", "Frontal/Lateral", *CLASSES], WHERE)
     examples = []
     for i, row in enumerate(rows):
-      if row["Frontal/Lateral"] != "Frontal":
+      view = row["Frontal/Lateral"]
+      if view == "Lateral":
         continue
+      if view != "Frontal":  # anything else would silently drop the image
+        raise DataError(f"{path} row {i + 2}: unknown view {view!r} in column "
+                        f"'Frontal/Lateral'; expected Frontal or Lateral. {WHERE} {NOT_SKIPPED}")
       rel = PurePosixPath(row["Path"])
       # CSV paths start with the dataset folder's own name.
       image = (root.parent / rel) if rel.parts and rel.parts[0] == root.name else root / rel

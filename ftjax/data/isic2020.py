@@ -19,7 +19,7 @@ import dataclasses
 from pathlib import Path
 
 from ftjax.data import splits
-from ftjax.data.base import Example, ImageBuilder, ImageConfig, read_csv
+from ftjax.data.base import NOT_SKIPPED, Example, ImageBuilder, ImageConfig, read_csv
 from ftjax.data.errors import DataError
 
 WHERE = ("Download the ISIC 2020 training JPEGs, ground truth CSV and duplicates list "
@@ -64,11 +64,14 @@ class Isic2020(ImageBuilder):
     duplicates = {r["image_name_2"] for r in dup_rows}
     examples = []
     for i, row in enumerate(rows):
+      if not row["image_name"]:
+        raise DataError(f"{csv_path} row {i + 2}: empty image_name. {WHERE} {NOT_SKIPPED}")
       if row["image_name"] in duplicates:
         continue
       if row["target"] not in ("0", "1"):
         raise DataError(f"{csv_path}: unknown label target={row['target']!r} for "
-                        f"{row['image_name']} (row {i + 2}); expected 0 or 1. {WHERE}")
+                        f"{row['image_name']} (row {i + 2}); expected 0 or 1. {WHERE} "
+                        f"{NOT_SKIPPED}")
       patient = row["patient_id"] or f"unknown_{row['image_name']}"
       examples.append(Example(key=row["image_name"],
                               source=str(image_dir / f"{row['image_name']}.jpg"),

@@ -85,10 +85,19 @@ class Medmnist(ImageBuilder):
         if f"{prefix}_{kind}" not in arrays:
           raise DataError(f"{path}: missing array '{prefix}_{kind}'. {WHERE}")
       images, labels = arrays[f"{prefix}_images"], arrays[f"{prefix}_labels"]
+      if images.ndim not in (3, 4) or labels.ndim not in (1, 2):
+        raise DataError(f"{path}: {prefix}_images has shape {images.shape} and "
+                        f"{prefix}_labels {labels.shape}; expected (N, H, W[, 3]) images "
+                        f"and (N, 1) or (N, C) labels. {WHERE}")
       labels = labels.reshape(len(labels), -1)
       if len(images) != len(labels):
         raise DataError(f"{path}: {prefix}_images has {len(images)} entries but "
                         f"{prefix}_labels has {len(labels)}.")
+      if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)
+              or (np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)))):
+        raise DataError(f"{path}: {prefix}_labels holds {labels.dtype} values that are not "
+                        f"whole class indices (e.g. {labels.ravel()[:5].tolist()}); use the "
+                        f"official MedMNIST .npz. {WHERE}")
       if (labels < 0).any() or (labels >= (2 if multilabel else num_classes)).any():
         raise DataError(f"{path}: unknown label in {prefix}_labels (values "
                         f"{np.unique(labels)[:10].tolist()}); expected 0..{num_classes - 1}.")
