@@ -53,5 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.crop = 224
   config.compute_dtype = "float32"  # or "bfloat16" (float32 parameters either way)
   config.num_workers = 0          # grain worker processes
+  config.prefetch = 2             # training batches copied to the device ahead of use
+  config.cache_features = False   # LP with frozen BN: train the head on cached features
   config.progress = True          # tqdm progress bars
   return config

@@ -16,8 +16,9 @@ compile and compute exactly what they did without a mesh.
 
 from __future__ import annotations
 
+import collections
 import os
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import jax
 from jax.experimental import multihost_utils
@@ -119,6 +120,28 @@ class DataParallel:
 
   def shard_stacked(self, tree: Any) -> Any:
     return self._put(tree, self.stacked_batch)
+
+  def to_device(self, batch: Any) -> Any:
+    """A host batch put on the devices (split over the mesh when there are several).
+
+    The copy is asynchronous: `prefetch` issues it for later batches while the
+    devices still work on earlier ones.
+    """
+    if self.active:
+      return self.shard_batch(batch)
+    # The default device's own sharding: the one the state has, so the step's
+    # cache key stays the same from the first call on.
+    return jax.device_put(batch)
+
+  def prefetch(self, batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
+    """Yields `batches` already on the devices, copying up to `size` batches ahead."""
+    queue = collections.deque()
+    for batch in batches:
+      queue.append(self.to_device(batch))
+      if len(queue) > size:
+        yield queue.popleft()
+    while queue:
+      yield queue.popleft()
 
   def gather(self, x: jax.Array) -> np.ndarray:
     """A (possibly cross-host) sharded array as one host numpy array."""

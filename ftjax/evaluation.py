@@ -57,6 +57,12 @@ def evaluate(model: nn.Module, variables: dict[str, Any], source: Sequence, *,
   """{'loss', 'map', 'accuracy', 'auroc', 'kappa', 'f1', 'count'} on `source`."""
   logits, labels = predict(model, variables, source, batch_size=batch_size, crop=crop,
                            num_workers=num_workers, parallel=parallel)
+  return metrics_from_logits(logits, labels, multilabel, class_names)
+
+
+def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, multilabel: bool,
+                        class_names: Sequence[str] | None = None) -> dict[str, float]:
+  """{'loss', 'map', 'accuracy', 'auroc', 'kappa', 'f1', 'count'} of a split's logits."""
   scores = scipy.special.expit(logits) if multilabel else scipy.special.softmax(logits, 1)
   result = {"loss": mean_loss(logits, labels, multilabel)}
   result.update(metrics.compute_all(scores, labels, multilabel, list(class_names or [])

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ftjax.data import preprocess
 from ftjax.models import layers
 from ftjax.strategies import partition, transforms
 from ftjax.strategies.registry import Strategy
@@ -138,6 +139,9 @@ def make_grad_fn(model: nn.Module, trainable: Iterable[str], *, loss: str = "sof
   def forward(train_params, frozen_params, batch_stats, batch, rng):
     params = partition.merge(train_params, frozen_params)
     images = batch["image"]
+    if images.dtype == jnp.uint8:
+      # Crops travel to the device as uint8 (4x less traffic) and are normalised here.
+      images = preprocess.normalize_jnp(images)
     if compute_dtype is not None:
       params = _cast(params, partition.bn_mask(params, batch_stats), compute_dtype)
       images = images.astype(compute_dtype)
@@ -167,27 +171,18 @@ def make_grad_fn(model: nn.Module, trainable: Iterable[str], *, loss: str = "sof
 # ---------------------------------------------------------------- train step
 
 
-def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransformation,
-                    trainable: Iterable[str], *, loss: str = "softmax",
-                    bn_mode: str | None = None, compute_dtype: Any = None,
-                    rgn_every: str | None = None, rgn_bn: str | None = None,
-                    compiler_options: dict[str, Any] | None = None,
-                    shardings: tuple[Any, Any] | None = None):
-  """A jitted `(state, batch, rng) -> (state, metrics)` for one phase.
+def make_step_fn(model: nn.Module, strategy: Strategy | optax.GradientTransformation,
+                 trainable: Iterable[str], *, loss: str = "softmax",
+                 bn_mode: str | None = None, compute_dtype: Any = None,
+                 rgn_every: str | None = None, rgn_bn: str | None = None):
+  """The un-jitted `(state, batch, rng, tx=None) -> (state, metrics)` of one phase.
 
-  batch: {'image': NHWC float32 normalised, 'label': int32 [B] (softmax) or
-  float32 [B, C] multi-hot (sigmoid)}. rng is the dropout key of this step.
-  bn_mode / rgn options default to the strategy's. With rgn_every='step' the
-  Auto-RGN weights are recomputed from this batch's gradients before the
-  update. compute_dtype (e.g. jnp.bfloat16) runs the model in that dtype with
-  float32 master params (BatchNorm params stay float32). The state argument
-  is donated. compiler_options go to `jax.jit` (e.g. a lower XLA CPU
-  optimisation level for short test runs). shardings=(replicated, batch)
-  (`ftjax.distributed.DataParallel.shardings()`) pins the state, rng and
-  metrics replicated and the batch split over the mesh (data parallelism).
+  `tx` replaces the strategy's transform for this call (`ftjax.multirun`
+  builds one per run, with that run's learning rate, inside `jax.vmap`).
+  `make_train_step` documents the arguments.
   """
   trainable = frozenset(trainable)
-  tx = _transform(strategy)
+  default_tx = _transform(strategy)
   rgn = strategy.rgn if isinstance(strategy, Strategy) else None
   bn_mode = bn_mode or (strategy.bn_mode if isinstance(strategy, Strategy) else "train")
   rgn_every = rgn_every or (rgn["every"] if rgn else "epoch")
@@ -195,7 +190,9 @@ def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransfo
   grad_fn = make_grad_fn(model, trainable, loss=loss, bn_mode=bn_mode,
                          compute_dtype=compute_dtype)
 
-  def step(state: TrainState, batch: Batch, rng: jax.Array):
+  def step(state: TrainState, batch: Batch, rng: jax.Array,
+           tx: optax.GradientTransformation | None = None):
+    tx = default_tx if tx is None else tx
     (value, (logits, batch_stats)), grads = grad_fn(
         state.params, state.batch_stats, batch, rng)
     train_params, frozen_params = partition.split(state.params, trainable)
@@ -215,6 +212,35 @@ def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransfo
                            batch_stats=batch_stats, opt_state=opt_state)
     return new_state, metrics
 
+  return step
+
+
+def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransformation,
+                    trainable: Iterable[str], *, loss: str = "softmax",
+                    bn_mode: str | None = None, compute_dtype: Any = None,
+                    rgn_every: str | None = None, rgn_bn: str | None = None,
+                    compiler_options: dict[str, Any] | None = None,
+                    shardings: tuple[Any, Any] | None = None):
+  """A jitted `(state, batch, rng) -> (state, metrics)` for one phase.
+
+  batch: {'image': NHWC float32 normalised, or uint8 crops that the step
+  normalises with ImageNet's mean and std, 'label': int32 [B] (softmax) or
+  float32 [B, C] multi-hot (sigmoid)}. rng is the dropout key of this step.
+  bn_mode / rgn options default to the strategy's. With rgn_every='step' the
+  Auto-RGN weights are recomputed from this batch's gradients before the
+  update. compute_dtype (e.g. jnp.bfloat16) runs the model in that dtype with
+  float32 master params (BatchNorm params stay float32). The state argument
+  is donated. compiler_options go to `jax.jit` (e.g. a lower XLA CPU
+  optimisation level for short test runs). shardings=(replicated, batch)
+  (`ftjax.distributed.DataParallel.shardings()`) pins the state, rng and
+  metrics replicated and the batch split over the mesh (data parallelism).
+  """
+  fn = make_step_fn(model, strategy, trainable, loss=loss, bn_mode=bn_mode,
+                    compute_dtype=compute_dtype, rgn_every=rgn_every, rgn_bn=rgn_bn)
+
+  def step(state: TrainState, batch: Batch, rng: jax.Array):
+    return fn(state, batch, rng)
+
   if shardings is None:
     return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options)
   replicated, batch = shardings
@@ -224,6 +250,36 @@ def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransfo
 
 
 # ---------------------------------------------------------------- Auto-RGN probe
+
+
+def rgn_probe_fn(model: nn.Module, strategy: Strategy | None = None, *,
+                 loss: str = "softmax", rgn_bn: str | None = None,
+                 bn_mode: str = "train", compute_dtype: Any = None):
+  """The un-jitted `(state, batches, rng) -> weights` of `make_rgn_probe`."""
+  rgn = strategy.rgn if strategy is not None else None
+  rgn_bn = rgn_bn or (rgn["bn"] if rgn else "exclude")
+  if rgn_bn not in ("exclude", "include"):
+    raise ValueError(f"rgn_bn must be 'exclude' or 'include', got {rgn_bn!r}.")
+
+  def probe(state: TrainState, batches: Batch, rng: jax.Array):
+    grad_fn = make_grad_fn(model, frozenset(state.params), loss=loss, bn_mode=bn_mode,
+                           compute_dtype=compute_dtype)
+    zeros = jax.tree_util.tree_map(lambda _: jnp.zeros((), jnp.float32), state.params)
+
+    def body(acc, xs):
+      batch, key = xs
+      _, grads = grad_fn(state.params, state.batch_stats, batch, key)
+      ratios = transforms.rgn_ratios(grads, state.params)
+      return jax.tree_util.tree_map(jnp.add, acc, ratios), None
+
+    count = jax.tree_util.tree_leaves(batches)[0].shape[0]
+    keys = jax.random.split(rng, count)
+    total, _ = jax.lax.scan(body, zeros, (batches, keys))
+    mean = jax.tree_util.tree_map(lambda t: t / count, total)
+    mask = partition.bn_mask(state.params, state.batch_stats) if rgn_bn == "exclude" else None
+    return transforms.rgn_normalize(mean, state.params, mask)
+
+  return probe
 
 
 def make_rgn_probe(model: nn.Module, strategy: Strategy | None = None, *,
@@ -242,29 +298,9 @@ def make_rgn_probe(model: nn.Module, strategy: Strategy | None = None, *,
   weights tree (log it: it is the per-layer RGN plot). rgn_bn defaults to the
   strategy's option, else 'exclude'.
   """
-  rgn = strategy.rgn if strategy is not None else None
-  rgn_bn = rgn_bn or (rgn["bn"] if rgn else "exclude")
-  if rgn_bn not in ("exclude", "include"):
-    raise ValueError(f"rgn_bn must be 'exclude' or 'include', got {rgn_bn!r}.")
-
-  @functools.partial(jax.jit, compiler_options=compiler_options)
-  def probe(state: TrainState, batches: Batch, rng: jax.Array):
-    grad_fn = make_grad_fn(model, frozenset(state.params), loss=loss, bn_mode=bn_mode,
-                           compute_dtype=compute_dtype)
-    zeros = jax.tree_util.tree_map(lambda _: jnp.zeros((), jnp.float32), state.params)
-
-    def body(acc, xs):
-      batch, key = xs
-      _, grads = grad_fn(state.params, state.batch_stats, batch, key)
-      ratios = transforms.rgn_ratios(grads, state.params)
-      return jax.tree_util.tree_map(jnp.add, acc, ratios), None
-
-    count = jax.tree_util.tree_leaves(batches)[0].shape[0]
-    keys = jax.random.split(rng, count)
-    total, _ = jax.lax.scan(body, zeros, (batches, keys))
-    mean = jax.tree_util.tree_map(lambda t: t / count, total)
-    mask = partition.bn_mask(state.params, state.batch_stats) if rgn_bn == "exclude" else None
-    return transforms.rgn_normalize(mean, state.params, mask)
+  probe = jax.jit(rgn_probe_fn(model, strategy, loss=loss, rgn_bn=rgn_bn, bn_mode=bn_mode,
+                               compute_dtype=compute_dtype),
+                  compiler_options=compiler_options)
 
   def call(state: TrainState, batches: Batch, rng: jax.Array | None = None):
     return probe(state, batches, jax.random.key(0) if rng is None else rng)

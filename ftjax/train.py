@@ -29,7 +29,7 @@ from ml_collections import config_flags
 import numpy as np
 import tqdm
 
-from ftjax import checkpoints, distributed, evaluation, step
+from ftjax import checkpoints, distributed, evaluation, features, step
 from ftjax.data import DataError, get_dataset, pipeline
 from ftjax.models import init_variables, load_pretrained, registry
 from ftjax.strategies import get_strategy
@@ -90,7 +90,7 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
   if path.exists():
     saved = json.loads(path.read_text())
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)
-                     and k not in ("progress", "num_workers"))
+                     and k not in ("progress", "num_workers", "prefetch", "cache_features"))
     if changed:
       diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
       raise ValueError(f"{path}: this workdir holds a run with another config ({diffs}). "
@@ -254,6 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if steps_per_epoch == 0:
     raise DataError(f"{info.name}: {len(sources['train'])} training examples, fewer than "
                     f"one batch of {config.batch_size}; lower config.batch_size.")
+  cached = _cached_features(config, workdir, model, arch, strategy, info, builder, sources,
+                            state, loss_name, parallel)
   train_steps: dict[int, Any] = {}  # phase index -> compiled step (one compile per phase)
   rgn_probe = None
   epochs_this_call = 0
@@ -265,47 +267,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     epoch = loop["epoch"]
     phase_index = strategy.plan.phase_index(epoch)
     trainable = strategy.plan.phases[phase_index].trainable
-    if phase_index not in train_steps:
-      train_steps[phase_index] = step.make_train_step(
-          model, strategy, trainable, loss=loss_name, compute_dtype=compute_dtype,
-          shardings=parallel.shardings())
-    train_step = train_steps[phase_index]
-    loader = iter(_epoch_loader(config, sources["train"], epoch))
+    if cached is not None:
+      # LP on cached backbone features: the whole epoch is one compiled scan.
+      start = time.perf_counter()
+      global_step = int(state.step)
+      order = features.batch_order(len(sources["train"]), config.batch_size,
+                                   seed=config.seed, epoch=epoch,
+                                   num_workers=config.num_workers)
+      state, losses = cached["train_epoch"](state, *cached["train"], order, step_rng)
+    else:
+      if phase_index not in train_steps:
+        train_steps[phase_index] = step.make_train_step(
+            model, strategy, trainable, loss=loss_name, compute_dtype=compute_dtype,
+            shardings=parallel.shardings())
+      train_step = train_steps[phase_index]
+      loader = iter(_epoch_loader(config, sources["train"], epoch))
 
-    start = time.perf_counter()
-    first = []
-    if strategy.reset_each_epoch:
-      # Auto-RGN: weights from the epoch's first minibatches, then a fresh Adam.
-      weights = None
-      if strategy.rgn["every"] == "epoch":
-        first = [next(loader) for _ in range(min(strategy.rgn["batches"], steps_per_epoch))]
-        rgn_probe = rgn_probe or step.make_rgn_probe(
-            model, loss=loss_name, rgn_bn=strategy.rgn["bn"], bn_mode=strategy.bn_mode,
-            compute_dtype=compute_dtype)
-        batches = parallel.shard_stacked(
-            _stack([_train_batch(b, info.multilabel) for b in first]))
-        weights = rgn_probe(state, batches, jax.random.fold_in(probe_rng, epoch))
-        if is_main:
-          writer.write_rgn(epoch, weights)
-      state = parallel.replicate(step.start_rgn_epoch(state, strategy, weights))
+      start = time.perf_counter()
+      first = []
+      if strategy.reset_each_epoch:
+        # Auto-RGN: weights from the epoch's first minibatches, then a fresh Adam.
+        weights = None
+        if strategy.rgn["every"] == "epoch":
+          first = [next(loader) for _ in range(min(strategy.rgn["batches"], steps_per_epoch))]
+          rgn_probe = rgn_probe or step.make_rgn_probe(
+              model, loss=loss_name, rgn_bn=strategy.rgn["bn"], bn_mode=strategy.bn_mode,
+              compute_dtype=compute_dtype)
+          batches = parallel.shard_stacked(
+              _stack([_train_batch(b, info.multilabel) for b in first]))
+          weights = rgn_probe(state, batches, jax.random.fold_in(probe_rng, epoch))
+          if is_main:
+            writer.write_rgn(epoch, weights)
+        state = parallel.replicate(step.start_rgn_epoch(state, strategy, weights))
 
-    global_step = int(state.step)
-    losses = []
-    # disable=None: no bar when output is not a terminal (sweep logs, CI).
-    bar = tqdm.tqdm(total=steps_per_epoch, disable=None if config.progress else True,
-                    leave=False,
-                    desc=f"epoch {epoch + 1}/{config.num_epochs} "
-                         f"[{len(trainable)} module(s) training]", unit="step")
-    for i, batch in enumerate(_chain(first, loader)):
-      state, step_metrics = train_step(
-          state, parallel.shard_batch(_train_batch(batch, info.multilabel)),
-          jax.random.fold_in(step_rng, global_step + i))
-      losses.append(step_metrics["loss"])
-      bar.update(1)
-      if i % 10 == 0:
-        rate = (i + 1) * config.batch_size / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{float(losses[-1]):.4f}", img_s=f"{rate:.0f}")
-    bar.close()
+      global_step = int(state.step)
+      host_batches = (_train_batch(b, info.multilabel) for b in _chain(first, loader))
+      losses = []
+      # disable=None: no bar when output is not a terminal (sweep logs, CI).
+      bar = tqdm.tqdm(total=steps_per_epoch, disable=None if config.progress else True,
+                      leave=False,
+                      desc=f"epoch {epoch + 1}/{config.num_epochs} "
+                           f"[{len(trainable)} module(s) training]", unit="step")
+      # Batches reach the devices ahead of use; nothing is read back until the
+      # epoch ends, except a loss for the bar that is already computed.
+      for i, batch in enumerate(parallel.prefetch(host_batches, config.prefetch)):
+        state, step_metrics = train_step(state, batch,
+                                         jax.random.fold_in(step_rng, global_step + i))
+        losses.append(step_metrics["loss"])
+        bar.update(1)
+        if i % 10 == 0 and not bar.disable:
+          rate = (i + 1) * config.batch_size / (time.perf_counter() - start)
+          done = next((x for x in reversed(losses) if x.is_ready()), None)
+          bar.set_postfix(img_s=f"{rate:.0f}",
+                          **({} if done is None else {"loss": f"{float(done):.4f}"}))
+      bar.close()
     # One host transfer per epoch; a NaN stops the run before anything is saved.
     step_losses = np.asarray(jax.device_get(losses), np.float32)
     try:
@@ -318,7 +333,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     train_loss = float(np.mean(step_losses))
     epoch_seconds = time.perf_counter() - start
 
-    val = evaluation.evaluate(model, _variables(state), sources["validation"], **eval_kwargs)
+    if cached is not None:
+      val = features.evaluate(model, _variables(state), *cached["validation"],
+                              multilabel=info.multilabel, class_names=info.class_names,
+                              batch_size=config.eval_batch_size, crop=config.crop)
+    else:
+      val = evaluation.evaluate(model, _variables(state), sources["validation"],
+                                **eval_kwargs)
     value = val[monitor.metric]
     if monitor.improved(value, loop["best_value"]):
       loop["best_value"], loop["best_epoch"] = value, epoch
@@ -344,32 +365,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             f"{watched}{' (best)' if loop['best_epoch'] == epoch else ''}", flush=True)
 
   best_epoch, best = ckpts.restore_best(parallel.replicate(_variables(state)))
-  test = evaluation.evaluate(model, best, sources["test"], **eval_kwargs)
-  val = evaluation.evaluate(model, best, sources["validation"], **eval_kwargs)
+  results = finish_run(config, workdir, info=info, arch=arch, strategy_name=strategy.name,
+                       data_config=builder.builder_config.name, loop=loop,
+                       best_epoch=best_epoch, test=evaluation.evaluate(
+                           model, best, sources["test"], **eval_kwargs),
+                       val=evaluation.evaluate(
+                           model, best, sources["validation"], **eval_kwargs),
+                       devices=parallel.size)
+  writer.close()
+  ckpts.close()
+  return results
+
+
+def finish_run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, info, arch,
+               strategy_name: str, data_config: str, loop: dict[str, Any], best_epoch: int,
+               test: dict[str, float], val: dict[str, float], devices: int,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Writes results.json (process 0) and prints the run's one-line summary."""
   results = {
-      "dataset": info.name, "arch": arch.name, "strategy": strategy.name, "lr": config.lr,
-      "seed": config.seed, "init": config.init, "data_config": builder.builder_config.name,
+      "dataset": info.name, "arch": arch.name, "strategy": strategy_name, "lr": config.lr,
+      "seed": config.seed, "init": config.init, "data_config": data_config,
       "unit": config.dataset_options.to_dict().get("unit"),
       "main_metrics": list(info.main_metrics), "best_epoch": best_epoch,
       "epochs_run": loop["epoch"], "stopped_early": loop["stopped_early"],
       "train_seconds": loop["train_seconds"], "validation": val, "test": test,
-      "device": jax.devices()[0].device_kind, "devices": parallel.size,
-      "jax_version": jax.__version__,
+      "device": jax.devices()[0].device_kind, "devices": devices,
+      "jax_version": jax.__version__, **(extra or {}),
   }
-  if is_main:
+  results_path = workdir / "results.json"
+  if jax.process_index() == 0:
     _write_atomic(results_path, json.dumps(results, indent=2) + "\n")
-  writer.close()
-  ckpts.close()
   main = ", ".join(f"{m} {test[m]:.4f}" for m in info.main_metrics)
-  print(f"{info.name} {arch.name} {strategy.name} lr={config.lr:g} seed={config.seed}: "
+  print(f"{info.name} {arch.name} {strategy_name} lr={config.lr:g} seed={config.seed}: "
         f"best epoch {best_epoch + 1} of {loop['epoch']}"
         f"{' (early stop)' if loop['stopped_early'] else ''}; test {main} -> {results_path}")
   return results
 
 
+def _cached_features(config, workdir, model, arch, strategy, info, builder, sources, state,
+                     loss_name, parallel) -> dict[str, Any] | None:
+  """With config.cache_features: the train/validation features and the epoch function."""
+  if not config.get("cache_features", False):
+    return None
+  features.check_supported(arch, strategy, compute_dtype=_COMPUTE_DTYPES[config.compute_dtype])
+  cached = {"train_epoch": features.make_train_epoch(model, strategy, loss=loss_name,
+                                                      crop=config.crop)}
+  for split in ("train", "validation"):
+    x, y = features.load_or_extract(
+        workdir / "features",
+        {"dataset": info.name, "data_config": builder.builder_config.name, "split": split,
+         "arch": arch.name, "resize": config.resize or arch.preprocessing.resize},
+        model, _variables(state), sources[split], batch_size=config.eval_batch_size,
+        crop=config.crop, num_workers=config.num_workers, progress=config.progress)
+    cached[split] = parallel.replicate((jnp.asarray(x), jnp.asarray(y)))
+  return cached
+
+
 def _epoch_loader(config, source, epoch: int):
+  # uint8 crops: the train step normalises them on the device.
   return pipeline.make_loader(source, config.batch_size, seed=config.seed, epoch=epoch,
-                              shuffle=True, drop_remainder=True, crop=config.crop,
+                              shuffle=True, drop_remainder=True,
+                              transforms=[pipeline.CenterCrop(config.crop)],
                               num_workers=config.num_workers)
 
 

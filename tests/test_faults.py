@@ -123,7 +123,8 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(data_dir, tmp_p
   def poisoned(config, source, epoch):
     for i, batch in enumerate(real(config, source, epoch)):
       if epoch == 1 and i == 2:
-        batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+        # uint8 crops cannot hold a NaN: a float batch (the step accepts both).
+        batch = {**batch, "image": np.full(batch["image"].shape, np.nan, np.float32)}
       yield batch
 
   monkeypatch.setattr(train, "_epoch_loader", poisoned)

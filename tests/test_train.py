@@ -141,3 +141,39 @@ def test_unknown_names_list_the_valid_ones(field, value, listed, data_dir, tmp_p
   config[field] = value
   with pytest.raises(ValueError, match=listed):
     train.train_and_evaluate(config, tmp_path)
+
+
+def test_train_step_compiles_once_per_phase(data_dir, tmp_path, monkeypatch):
+  """G-LF over 3 epochs has 3 phases: 3 step functions, each compiled exactly once."""
+  made = []
+  make_train_step = train.step.make_train_step
+
+  def recording(*args, **kwargs):
+    made.append(make_train_step(*args, **kwargs))
+    return made[-1]
+
+  monkeypatch.setattr(train.step, "make_train_step", recording)
+  train.train_and_evaluate(tiny_config(data_dir, "g_lf", num_epochs=3), tmp_path)
+  assert len(made) == 3
+  assert [fn._cache_size() for fn in made] == [1, 1, 1]
+
+
+def test_lp_on_cached_features_gives_the_results_of_lp(data_dir, tmp_path):
+  results = {}
+  for cache in (False, True):
+    config = tiny_config(data_dir, "lp", cache_features=cache)
+    config.strategy_options.bn_mode = "frozen"
+    results[cache] = train.train_and_evaluate(config, tmp_path / str(cache))
+  assert list((tmp_path / "True" / "features").glob("features-*.npz"))
+  for split in ("validation", "test"):
+    for metric, value in results[False][split].items():
+      assert results[True][split][metric] == pytest.approx(value, rel=1e-5, abs=1e-6)
+  losses = [[json.loads(line)["train_loss"] for line in
+             (tmp_path / str(cache) / "metrics.jsonl").read_text().splitlines()]
+            for cache in (False, True)]
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_cached_features_refuse_strategies_that_train_the_backbone(data_dir, tmp_path):
+  with pytest.raises(ValueError, match="cache_features"):
+    train.train_and_evaluate(tiny_config(data_dir, "ft", cache_features=True), tmp_path)
