@@ -469,6 +469,11 @@ def test_report_skips_diverged_runs_and_their_learning_rate(tmp_path):
   assert selection.lr == 1e-4 and selection.candidates[1e-3][2] == 1
   assert study.seeds[("synthetic", "resnet18", "ft")] == [0, 1]
   assert len(study.records) == 3
+  assert list(study.diverged) == ["synthetic/resnet18/ft/lr0.001/seed0"]
+  assert "training loss is" in study.diverged["synthetic/resnet18/ft/lr0.001/seed0"]
+  files = report.write_report(workdir, tmp_path / "report", figures_too=False)
+  text = files["report.md"].read_text()
+  assert "## Diverged runs" in text and "`synthetic/resnet18/ft/lr0.001/seed0`" in text
 
 
 def test_other_failures_are_retried_a_bounded_number_of_times(tmp_path):

@@ -56,6 +56,24 @@ def load_results(workdir: str | pathlib.Path) -> list[Record]:
   return sorted(records, key=lambda r: (r.key, r.lr, r.seed))
 
 
+def load_diverged(workdir: str | pathlib.Path) -> dict[str, str]:
+  """Runs the sweep recorded as diverged (<run>/diverged.json): run path -> error line.
+
+  They have no results.json, so they are in no cell; the report lists them.
+  """
+  out = {}
+  root = pathlib.Path(workdir)
+  for path in sorted(root.rglob("diverged.json")):
+    if (path.parent / "results.json").exists():
+      continue  # rerun with --retry_diverged and finished since
+    try:
+      error = str(json.loads(path.read_text())["error"])
+    except (OSError, ValueError, KeyError, TypeError):
+      error = "training diverged"
+    out[path.parent.relative_to(root).as_posix()] = error
+  return out
+
+
 def group(records: Iterable[Record]) -> dict[Key, dict[float, list[Record]]]:
   """(dataset, arch, strategy) -> lr -> runs (one per seed)."""
   out: dict[Key, dict[float, list[Record]]] = {}
@@ -109,6 +127,7 @@ class Study:
   seeds: dict[Key, list[int]]            # seeds behind each cell
   main_metrics: dict[str, tuple[str, ...]]  # dataset -> its two metrics
   records: list[Record]
+  diverged: dict[str, str] = dataclasses.field(default_factory=dict)  # run -> error
 
   @property
   def datasets(self) -> list[str]:
@@ -136,7 +155,9 @@ def summarize(records: list[Record], split: str = "test") -> Study:
 
 
 def study(workdir: str | pathlib.Path) -> Study:
-  return summarize(load_results(workdir))
+  result = summarize(load_results(workdir))
+  result.diverged = load_diverged(workdir)
+  return result
 
 
 def as_json(s: Study) -> dict[str, Any]:
@@ -147,4 +168,5 @@ def as_json(s: Study) -> dict[str, Any]:
       "lr_candidates": {"/".join(k): {f"{lr:g}": list(c) for lr, c in v.candidates.items()}
                         for k, v in s.selections.items()},
       "seeds": {"/".join(k): v for k, v in s.seeds.items()},
+      "diverged": s.diverged,
   }

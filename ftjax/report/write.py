@@ -117,6 +117,10 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   header = (f"# ftjax study report\n\n{len(study.records)} finished runs from `{workdir}`. "
             f"Paper datasets without results: {', '.join(missing) or 'none'}.\n\n"
             f"## Definitions\n\n{DEFINITIONS}\n")
+  if study.diverged:
+    header += (f"\n## Diverged runs\n\n{len(study.diverged)} run(s) stopped on a NaN or "
+               f"infinite loss and are in no cell (their learning rate has fewer seeds):\n\n"
+               + "".join(f"- `{run}`: {error}\n" for run, error in study.diverged.items()))
   md = [header]
   for title, section in sections.items():
     md.append(f"## {title}\n\n" + "\n".join(t.markdown() for t in section))
