@@ -108,7 +108,7 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
                (f"lr{'-'.join(f'{lr:g}' for lr in lrs)}_seed{'-'.join(map(str, seeds))}"))
   for run in runs:
     train.check_workdir_writable(run.workdir)
-    train._check_workdir_config(run.workdir, run.config)  # pylint: disable=protected-access
+    train.check_workdir_config(run.workdir, run.config)
   train.check_workdir_writable(group_dir)
 
   arch = registry.get_arch(config.arch)
@@ -116,9 +116,9 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
   strategy = get_strategy(config.strategy, arch, {**hparams, "lr": config.lr})
   info, builder = train.prepared_builder(config, arch)
   loss_name = "sigmoid" if info.multilabel else "softmax"
-  compute_dtype = train._COMPUTE_DTYPES[config.compute_dtype]  # pylint: disable=protected-access
+  compute_dtype = train.COMPUTE_DTYPES[config.compute_dtype]
   model = arch.build(info.num_classes)
-  monitor = train._Monitor(config.early_stopping_metric)  # pylint: disable=protected-access
+  monitor = train.Monitor(config.early_stopping_metric)
   sources = {split: builder.as_data_source(split) for split in ("train", "validation", "test")}
   eval_kwargs = dict(multilabel=info.multilabel, class_names=info.class_names,
                      batch_size=config.eval_batch_size, crop=config.crop,
@@ -139,7 +139,7 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
     print(f"{group_dir}: resuming after epoch {saved['epoch']}.")
   for run in runs:
     for name in ("metrics.jsonl", "rgn.jsonl"):
-      train._trim_jsonl(run.workdir / name, run.loop["epoch"])  # pylint: disable=protected-access
+      train.trim_jsonl(run.workdir / name, run.loop["epoch"])
   run_ckpts = [checkpoints.RunCheckpoints(run.workdir) for run in runs]
   writers = [MetricWriter(run.workdir) for run in runs]
 
@@ -195,9 +195,9 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
     trainable = strategy.plan.phases[phase_index].trainable
     if phase_index not in steps:
       steps[phase_index] = group_step(trainable)
-    loaders = [iter(train._epoch_loader(  # pylint: disable=protected-access
+    loaders = [iter(train.epoch_loader(
         _with_seed(config, seed), sources["train"], epoch)) for seed in distinct_seeds]
-    batches = (_stacked([train._train_batch(next(l), info.multilabel)  # pylint: disable=protected-access
+    batches = (_stacked([train.train_batch(next(l), info.multilabel)
                          for l in loaders]) for _ in range(steps_per_epoch))
     start = time.perf_counter()
     first = []
@@ -233,7 +233,7 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
         continue
       run_losses = step_losses[:, index]
       try:
-        train._check_finite(run_losses, epoch=epoch, first_step=global_step,  # pylint: disable=protected-access
+        train.check_finite(run_losses, epoch=epoch, first_step=global_step,
                             config=run.config, workdir=run.workdir,
                             epochs_done=run.loop["epoch"])
       except train.TrainingDivergedError as error:
@@ -243,8 +243,9 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
       variables = {"params": _unstack(state.params, index),
                    "batch_stats": _unstack(state.batch_stats, index)}
       val = evaluation.evaluate(model, variables, sources["validation"], **eval_kwargs)
-      _record_epoch(run, epoch, strategy, monitor, val, run_ckpts[index], variables,
-                    epoch_seconds / len(runs))
+      if monitor.record(run.loop, epoch, val, last_phase_start=strategy.plan.last_phase_start,
+                        patience=run.config.patience, seconds=epoch_seconds / len(runs)):
+        run_ckpts[index].save_best(epoch, variables)
       writers[index].write_epoch(epoch, {
           "phase": phase_index, "trainable": sorted(trainable),
           "train_loss": float(np.mean(run_losses)),
@@ -303,24 +304,6 @@ def _prefetch(batches, shared: bool, size: int = 2):
     if len(queue) > size:
       yield queue.pop(0)
   yield from queue
-
-
-def _record_epoch(run: Run, epoch: int, strategy, monitor, val: dict[str, float],
-                  ckpts: checkpoints.RunCheckpoints, variables: dict[str, Any],
-                  seconds: float) -> None:
-  """Best epoch, best checkpoint and early stopping of one run (as ftjax.train)."""
-  loop = run.loop
-  value = val[monitor.metric]
-  if monitor.improved(value, loop["best_value"]):
-    loop["best_value"], loop["best_epoch"] = value, epoch
-    if epoch >= strategy.plan.last_phase_start:
-      loop["bad_epochs"] = 0
-    ckpts.save_best(epoch, variables)
-  elif epoch >= strategy.plan.last_phase_start:
-    loop["bad_epochs"] += 1
-    loop["stopped_early"] = loop["bad_epochs"] >= run.config.patience
-  loop["epoch"] = epoch + 1
-  loop["train_seconds"] += seconds
 
 
 def _floats(text: str) -> list[float]:

@@ -252,32 +252,45 @@ def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransfo
 # ---------------------------------------------------------------- Auto-RGN probe
 
 
-def rgn_probe_fn(model: nn.Module, strategy: Strategy | None = None, *,
-                 loss: str = "softmax", rgn_bn: str | None = None,
-                 bn_mode: str = "train", compute_dtype: Any = None):
-  """The un-jitted `(state, batches, rng) -> weights` of `make_rgn_probe`."""
+def _probe_parts(model: nn.Module, strategy: Strategy | None, *, loss: str,
+                 rgn_bn: str | None, bn_mode: str, compute_dtype: Any):
+  """(ratios(state, batch, key), finish(total, state, count)) of the Auto-RGN probe."""
   rgn = strategy.rgn if strategy is not None else None
   rgn_bn = rgn_bn or (rgn["bn"] if rgn else "exclude")
   if rgn_bn not in ("exclude", "include"):
     raise ValueError(f"rgn_bn must be 'exclude' or 'include', got {rgn_bn!r}.")
 
-  def probe(state: TrainState, batches: Batch, rng: jax.Array):
+  def ratios(state: TrainState, batch: Batch, key: jax.Array):
     grad_fn = make_grad_fn(model, frozenset(state.params), loss=loss, bn_mode=bn_mode,
                            compute_dtype=compute_dtype)
-    zeros = jax.tree_util.tree_map(lambda _: jnp.zeros((), jnp.float32), state.params)
+    _, grads = grad_fn(state.params, state.batch_stats, batch, key)
+    return transforms.rgn_ratios(grads, state.params)
 
-    def body(acc, xs):
-      batch, key = xs
-      _, grads = grad_fn(state.params, state.batch_stats, batch, key)
-      ratios = transforms.rgn_ratios(grads, state.params)
-      return jax.tree_util.tree_map(jnp.add, acc, ratios), None
-
-    count = jax.tree_util.tree_leaves(batches)[0].shape[0]
-    keys = jax.random.split(rng, count)
-    total, _ = jax.lax.scan(body, zeros, (batches, keys))
+  def finish(total: Any, state: TrainState, count: int):
     mean = jax.tree_util.tree_map(lambda t: t / count, total)
     mask = partition.bn_mask(state.params, state.batch_stats) if rgn_bn == "exclude" else None
     return transforms.rgn_normalize(mean, state.params, mask)
+
+  return ratios, finish
+
+
+def rgn_probe_fn(model: nn.Module, strategy: Strategy | None = None, *,
+                 loss: str = "softmax", rgn_bn: str | None = None,
+                 bn_mode: str = "train", compute_dtype: Any = None):
+  """The probe of `make_rgn_probe` as one traceable `(state, batches, rng) -> weights`
+  (for `jax.vmap` over runs). The minibatch loop is unrolled: XLA's CPU backend
+  runs convolutions inside a while loop several times slower."""
+  ratios, finish = _probe_parts(model, strategy, loss=loss, rgn_bn=rgn_bn, bn_mode=bn_mode,
+                                compute_dtype=compute_dtype)
+
+  def probe(state: TrainState, batches: Batch, rng: jax.Array):
+    count = jax.tree_util.tree_leaves(batches)[0].shape[0]
+    keys = jax.random.split(rng, count)
+    total = jax.tree_util.tree_map(lambda _: jnp.zeros((), jnp.float32), state.params)
+    for i in range(count):
+      batch = jax.tree_util.tree_map(lambda x, i=i: x[i], batches)
+      total = jax.tree_util.tree_map(jnp.add, total, ratios(state, batch, keys[i]))
+    return finish(total, state, count)
 
   return probe
 
@@ -286,7 +299,7 @@ def make_rgn_probe(model: nn.Module, strategy: Strategy | None = None, *,
                    loss: str = "softmax", rgn_bn: str | None = None,
                    bn_mode: str = "train", compute_dtype: Any = None,
                    compiler_options: dict[str, Any] | None = None):
-  """A jitted `(state, batches, rng=None) -> weights` (Auto-RGN, paper eq. 4).
+  """A `(state, batches, rng=None) -> weights` (Auto-RGN, paper eq. 4).
 
   batches: a batch dict whose arrays have a leading axis of `rgn_batches`
   minibatches (the epoch's first ones). For each minibatch the gradient of
@@ -296,14 +309,24 @@ def make_rgn_probe(model: nn.Module, strategy: Strategy | None = None, *,
   RGN / max RGN. BatchNorm tensors get weight 0 (frozen) with
   rgn_bn='exclude', or their own RGN with 'include'. Returns the full
   weights tree (log it: it is the per-layer RGN plot). rgn_bn defaults to the
-  strategy's option, else 'exclude'.
+  strategy's option, else 'exclude'. One jitted gradient call per minibatch
+  (compiled once), summed on the device: no host round trip.
   """
-  probe = jax.jit(rgn_probe_fn(model, strategy, loss=loss, rgn_bn=rgn_bn, bn_mode=bn_mode,
-                               compute_dtype=compute_dtype),
-                  compiler_options=compiler_options)
+  ratios, finish = _probe_parts(model, strategy, loss=loss, rgn_bn=rgn_bn, bn_mode=bn_mode,
+                                compute_dtype=compute_dtype)
+  ratios = jax.jit(ratios, compiler_options=compiler_options)
+  add = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b))
+  finish = jax.jit(finish, static_argnums=(2,))
 
   def call(state: TrainState, batches: Batch, rng: jax.Array | None = None):
-    return probe(state, batches, jax.random.key(0) if rng is None else rng)
+    count = jax.tree_util.tree_leaves(batches)[0].shape[0]
+    keys = jax.random.split(jax.random.key(0) if rng is None else rng, count)
+    total = None
+    for i in range(count):
+      batch = jax.tree_util.tree_map(lambda x, i=i: x[i], batches)
+      value = ratios(state, batch, keys[i])
+      total = value if total is None else add(total, value)
+    return finish(total, state, count)
 
   return call
 

@@ -35,7 +35,7 @@ from ftjax.models import init_variables, load_pretrained, registry
 from ftjax.strategies import get_strategy
 from ftjax.logging_utils import MetricWriter
 
-_COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -83,7 +83,7 @@ def initial_variables(config, arch: registry.Arch, num_classes: int):
   raise ValueError(f"config.init must be 'pretrained' or 'random', got {config.init!r}.")
 
 
-def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
   """A workdir holds one run: refuse to resume it under another config."""
   path = workdir / "config.json"
   current = json.loads(config.to_json_best_effort())
@@ -144,7 +144,7 @@ def check_workdir_writable(workdir: pathlib.Path, probe_bytes: int = 1 << 16) ->
                      ) from error
 
 
-def _trim_jsonl(path: pathlib.Path, epochs_done: int) -> None:
+def trim_jsonl(path: pathlib.Path, epochs_done: int) -> None:
   """Drops lines of epochs a killed run wrote but did not checkpoint (they are
   run again) and a half-written last line."""
   if not path.exists() or jax.process_index() != 0:
@@ -161,7 +161,7 @@ def _trim_jsonl(path: pathlib.Path, epochs_done: int) -> None:
     _write_atomic(path, text)
 
 
-def _check_finite(losses: np.ndarray, *, epoch: int, first_step: int,
+def check_finite(losses: np.ndarray, *, epoch: int, first_step: int,
                   config: ml_collections.ConfigDict, workdir: pathlib.Path,
                   epochs_done: int) -> None:
   bad = np.flatnonzero(~np.isfinite(losses))
@@ -177,7 +177,7 @@ def _check_finite(losses: np.ndarray, *, epoch: int, first_step: int,
       f"compute_dtype='float32' in a new --workdir.")
 
 
-class _Monitor:
+class Monitor:
   """Best epoch and early stopping on one validation metric."""
 
   def __init__(self, metric: str):
@@ -190,6 +190,25 @@ class _Monitor:
   def improved(self, value: float, best: float | None) -> bool:
     return not np.isnan(value) and (best is None or self.sign * value > self.sign * best)
 
+  def record(self, loop: dict[str, Any], epoch: int, val: dict[str, float], *,
+             last_phase_start: int, patience: int, seconds: float) -> bool:
+    """Updates the loop state after `epoch`; True if it is the new best epoch.
+
+    Early stopping counts only from the plan's last phase on.
+    """
+    value = val[self.metric]
+    best = self.improved(value, loop["best_value"])
+    if best:
+      loop["best_value"], loop["best_epoch"] = value, epoch
+      if epoch >= last_phase_start:
+        loop["bad_epochs"] = 0
+    elif epoch >= last_phase_start:
+      loop["bad_epochs"] += 1
+      loop["stopped_early"] = loop["bad_epochs"] >= patience
+    loop["epoch"] = epoch + 1
+    loop["train_seconds"] += seconds
+    return best
+
 
 def _variables(state: step.TrainState) -> dict[str, Any]:
   return {"params": state.params, "batch_stats": state.batch_stats}
@@ -199,7 +218,7 @@ def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   return {k: np.stack([b[k] for b in batches]) for k in ("image", "label")}
 
 
-def _train_batch(batch: dict[str, np.ndarray], multilabel: bool) -> dict[str, Any]:
+def train_batch(batch: dict[str, np.ndarray], multilabel: bool) -> dict[str, Any]:
   label = batch["label"].astype(np.float32 if multilabel else np.int32)
   return {"image": batch["image"], "label": label}
 
@@ -220,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   parallel = distributed.DataParallel()
   parallel.check_divisible(config.batch_size, "config.batch_size")
   parallel.check_divisible(config.eval_batch_size, "config.eval_batch_size")
-  _check_workdir_config(workdir, config)
+  check_workdir_config(workdir, config)
   is_main = jax.process_index() == 0
 
   arch = registry.get_arch(config.arch)
@@ -228,9 +247,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                           {**config.strategy_options.to_dict(), "lr": config.lr})
   info, builder = prepared_builder(config, arch)
   loss_name = "sigmoid" if info.multilabel else "softmax"
-  compute_dtype = _COMPUTE_DTYPES[config.compute_dtype]
+  compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
   model = arch.build(info.num_classes)
-  monitor = _Monitor(config.early_stopping_metric)
+  monitor = Monitor(config.early_stopping_metric)
   sources = {split: builder.as_data_source(split) for split in ("train", "validation", "test")}
   eval_kwargs = dict(multilabel=info.multilabel, class_names=info.class_names,
                      batch_size=config.eval_batch_size, crop=config.crop,
@@ -246,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     state, loop = restored
     print(f"{workdir}: resuming after epoch {loop['epoch']}.")
   for name in ("metrics.jsonl", "rgn.jsonl"):
-    _trim_jsonl(workdir / name, loop["epoch"])
+    trim_jsonl(workdir / name, loop["epoch"])
   writer = MetricWriter(workdir)
   # Independent streams: dropout per global step, Auto-RGN probe per epoch.
   step_rng, probe_rng = jax.random.split(jax.random.key(config.seed))
@@ -281,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             model, strategy, trainable, loss=loss_name, compute_dtype=compute_dtype,
             shardings=parallel.shardings())
       train_step = train_steps[phase_index]
-      loader = iter(_epoch_loader(config, sources["train"], epoch))
+      loader = iter(epoch_loader(config, sources["train"], epoch))
 
       start = time.perf_counter()
       first = []
@@ -294,14 +313,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
               model, loss=loss_name, rgn_bn=strategy.rgn["bn"], bn_mode=strategy.bn_mode,
               compute_dtype=compute_dtype)
           batches = parallel.shard_stacked(
-              _stack([_train_batch(b, info.multilabel) for b in first]))
+              _stack([train_batch(b, info.multilabel) for b in first]))
           weights = rgn_probe(state, batches, jax.random.fold_in(probe_rng, epoch))
           if is_main:
             writer.write_rgn(epoch, weights)
         state = parallel.replicate(step.start_rgn_epoch(state, strategy, weights))
 
       global_step = int(state.step)
-      host_batches = (_train_batch(b, info.multilabel) for b in _chain(first, loader))
+      host_batches = (train_batch(b, info.multilabel) for b in _chain(first, loader))
       losses = []
       # disable=None: no bar when output is not a terminal (sweep logs, CI).
       bar = tqdm.tqdm(total=steps_per_epoch, disable=None if config.progress else True,
@@ -324,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # One host transfer per epoch; a NaN stops the run before anything is saved.
     step_losses = np.asarray(jax.device_get(losses), np.float32)
     try:
-      _check_finite(step_losses, epoch=epoch, first_step=global_step, config=config,
+      check_finite(step_losses, epoch=epoch, first_step=global_step, config=config,
                     workdir=workdir, epochs_done=loop["epoch"])
     except TrainingDivergedError:
       writer.close()
@@ -341,16 +360,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       val = evaluation.evaluate(model, _variables(state), sources["validation"],
                                 **eval_kwargs)
     value = val[monitor.metric]
-    if monitor.improved(value, loop["best_value"]):
-      loop["best_value"], loop["best_epoch"] = value, epoch
-      if epoch >= strategy.plan.last_phase_start:
-        loop["bad_epochs"] = 0
+    if monitor.record(loop, epoch, val, last_phase_start=strategy.plan.last_phase_start,
+                      patience=config.patience, seconds=epoch_seconds):
       ckpts.save_best(epoch, _variables(state))
-    elif epoch >= strategy.plan.last_phase_start:
-      loop["bad_epochs"] += 1
-      loop["stopped_early"] = loop["bad_epochs"] >= config.patience
-    loop["epoch"] = epoch + 1
-    loop["train_seconds"] += epoch_seconds
     if is_main:
       writer.write_epoch(epoch, {
           "phase": phase_index, "trainable": sorted(trainable), "train_loss": train_loss,
@@ -407,7 +419,7 @@ def _cached_features(config, workdir, model, arch, strategy, info, builder, sour
   """With config.cache_features: the train/validation features and the epoch function."""
   if not config.get("cache_features", False):
     return None
-  features.check_supported(arch, strategy, compute_dtype=_COMPUTE_DTYPES[config.compute_dtype])
+  features.check_supported(arch, strategy, compute_dtype=COMPUTE_DTYPES[config.compute_dtype])
   cached = {"train_epoch": features.make_train_epoch(model, strategy, loss=loss_name,
                                                       crop=config.crop)}
   for split in ("train", "validation"):
@@ -421,7 +433,7 @@ def _cached_features(config, workdir, model, arch, strategy, info, builder, sour
   return cached
 
 
-def _epoch_loader(config, source, epoch: int):
+def epoch_loader(config, source, epoch: int):
   # uint8 crops: the train step normalises them on the device.
   return pipeline.make_loader(source, config.batch_size, seed=config.seed, epoch=epoch,
                               shuffle=True, drop_remainder=True,

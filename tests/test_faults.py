@@ -118,7 +118,7 @@ def test_restore_latest_ignores_incomplete_tmp_checkpoint(data_dir, tmp_path):
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(data_dir, tmp_path,
                                                                  monkeypatch):
-  real = train._epoch_loader  # pylint: disable=protected-access
+  real = train.epoch_loader
 
   def poisoned(config, source, epoch):
     for i, batch in enumerate(real(config, source, epoch)):
@@ -127,7 +127,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(data_dir, tmp_p
         batch = {**batch, "image": np.full(batch["image"].shape, np.nan, np.float32)}
       yield batch
 
-  monkeypatch.setattr(train, "_epoch_loader", poisoned)
+  monkeypatch.setattr(train, "epoch_loader", poisoned)
   config = tiny_config(data_dir, "ft", num_epochs=3)
   with pytest.raises(train.TrainingDivergedError,
                      match=r"training loss is nan at epoch 2/3, step 3 of the epoch "
