@@ -15,7 +15,7 @@ import pytest
 
 from ftjax import checkpoints, train
 from ftjax.models import registry
-from tests.test_train import tiny_config
+from tests.test_train import best_checkpoint, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _TMP = "*.orbax-checkpoint-tmp*"
@@ -24,14 +24,6 @@ _TMP = "*.orbax-checkpoint-tmp*"
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("data")
-
-
-def _best(workdir, config):
-  like = registry.init_variables(registry.get_arch(config.arch), 0, 4)
-  ckpts = checkpoints.RunCheckpoints(workdir)
-  epoch, best = ckpts.restore_best(like)
-  ckpts.close()
-  return epoch, best
 
 
 def _steps(directory: pathlib.Path) -> list[int]:
@@ -96,7 +88,8 @@ def test_sigkill_at_many_points_resumes_to_identical_results(data_dir, tmp_path)
     assert resumed[key] == straight[key], key
   assert [json.loads(line)["epoch"] for line in
           (work / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
-  (ea, a), (eb, b) = _best(tmp_path / "straight", config), _best(work, config)
+  (ea, a), (eb, b) = (best_checkpoint(tmp_path / "straight", config),
+                      best_checkpoint(work, config))
   assert ea == eb
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)

@@ -6,9 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import checkpoints, multirun, train
-from ftjax.models import registry
-from tests.test_train import tiny_config
+from ftjax import multirun, train
+from tests.test_train import best_checkpoint, tiny_config
 
 # Small learning rates: Adam turns float32 rounding differences of near-zero
 # gradients (vmapped vs single convolutions) into steps of up to 2 lr.
@@ -19,14 +18,6 @@ SEEDS = (0, 1)
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("data")
-
-
-def _best_params(workdir, config):
-  like = registry.init_variables(registry.get_arch(config.arch), 0, 4)
-  ckpts = checkpoints.RunCheckpoints(workdir)
-  epoch, best = ckpts.restore_best(like)
-  ckpts.close()
-  return epoch, jax.device_get(best)
 
 
 def _losses(workdir):
@@ -64,8 +55,8 @@ def test_vmapped_runs_equal_separate_runs(strategy, data_dir, tmp_path):
       for metric, value in alone[split].items():
         assert result[split][metric] == pytest.approx(
             value, rel=1e-4, abs=1e-5 if slack == 1 else 0.03), (split, metric)
-    _, group_best = _best_params(group_dir, run_config)
-    _, alone_best = _best_params(alone_dir, run_config)
+    _, group_best = best_checkpoint(group_dir, run_config)
+    _, alone_best = best_checkpoint(alone_dir, run_config)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(alone_best),
                             jax.tree_util.tree_leaves(group_best)):
       np.testing.assert_allclose(b, a, rtol=1e-4, atol=slack * 10 * run_config.lr,

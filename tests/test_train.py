@@ -21,6 +21,15 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("data")
 
 
+def best_checkpoint(workdir, config):
+  """(epoch, variables) of a finished tiny run's best checkpoint, on the host."""
+  like = registry.init_variables(registry.get_arch(config.arch), 0, 4)
+  ckpts = checkpoints.RunCheckpoints(workdir)
+  epoch, best = ckpts.restore_best(like)
+  ckpts.close()
+  return epoch, jax.device_get(best)
+
+
 def tiny_config(data_dir, strategy, **overrides):
   """The demo's model and data, shrunk to seconds per epoch on a CPU."""
   config = demo.get_config()
@@ -68,15 +77,6 @@ def test_demo_strategies_learn(data_dir, tmp_path):
     assert results["test"]["auroc"] > 0.8, (strategy, results["test"])
 
 
-def _best_variables(workdir, config):
-  arch = registry.get_arch(config.arch)
-  like = registry.init_variables(arch, 0, 4)
-  ckpts = checkpoints.RunCheckpoints(workdir)
-  epoch, best = ckpts.restore_best(like)
-  ckpts.close()
-  return epoch, best
-
-
 @pytest.mark.parametrize("strategy", ["lp_ft", "auto_rgn"])
 def test_interrupted_run_resumes_exactly(strategy, data_dir, tmp_path):
   config = tiny_config(data_dir, strategy, num_epochs=3)
@@ -90,8 +90,8 @@ def test_interrupted_run_resumes_exactly(strategy, data_dir, tmp_path):
   for name in ("straight", "sliced"):
     lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
-  a = _best_variables(tmp_path / "straight", config)[1]
-  b = _best_variables(tmp_path / "sliced", config)[1]
+  a = best_checkpoint(tmp_path / "straight", config)[1]
+  b = best_checkpoint(tmp_path / "sliced", config)[1]
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
 
