@@ -25,8 +25,6 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-# Environment variables that ask for jax.distributed (besides config.distributed).
-_ENV = ("FTJAX_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS")
 _initialized = False
 
 

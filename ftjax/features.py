@@ -48,7 +48,6 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import tqdm
 
 from ftjax import evaluation, step
@@ -315,40 +314,26 @@ def make_train_epoch(model: nn.Module, strategy: Strategy, *, loss: str = "softm
 
   Step i trains on features[order[i]] with dropout key
   `jax.random.fold_in(rng, state.step + i)`, as the train loop does, through
-  `step.make_grad_fn` (same loss, same BatchNorm mode) and
-  `strategy.transform`, all steps in one `lax.scan` on device. Only
+  the train loop's own step (`step.make_step_fn`: same loss, BatchNorm mode and
+  `strategy.transform`), all steps in one `lax.scan` on device. Only
   params['head'] and opt_state change (and step); the other params and
   batch_stats are returned as they came. losses: float32 [steps]. features and
   labels are best passed as device arrays (put them there once); the state is
   donated. crop is the image size the model is traced with (its convolutions
   are then dead code).
   """
-  trainable = frozenset({HEAD})
-  tx = strategy.transform
-  grad_fn = step.make_grad_fn(model, trainable, loss=loss, bn_mode=strategy.bn_mode)
+  step_fn = step.make_step_fn(model, strategy, {HEAD}, loss=loss, bn_mode=strategy.bn_mode)
 
   def epoch(state, feats, labels, order, rng):
-    _, frozen_params = partition.split(state.params, trainable)
-
-    def one_step(carry, idx):
-      train_params, opt_state, count = carry
-      params = partition.merge(train_params, frozen_params)
+    def one_step(state, idx):
       batch = {"image": _dummy_images(idx.shape[0], crop),
                "label": jnp.take(labels, idx, axis=0).astype(_label_dtype(loss))}
       cached = jnp.take(feats, idx, axis=0)
       with nn.intercept_methods(_swap_interceptor(_CachePoint(), cached)):
-        (value, _), grads = grad_fn(params, state.batch_stats, batch,
-                                    jax.random.fold_in(rng, count))
-      updates, opt_state = tx.update(grads, opt_state, train_params)
-      train_params = optax.apply_updates(train_params, updates)
-      return (train_params, opt_state, count + 1), value
+        state, metrics = step_fn(state, batch, jax.random.fold_in(rng, state.step))
+      return state, metrics["loss"]
 
-    train_params, _ = partition.split(state.params, trainable)
-    (train_params, opt_state, count), losses = jax.lax.scan(
-        one_step, (train_params, state.opt_state, state.step),
-        jnp.asarray(order, jnp.int32))
-    return state.replace(step=count, opt_state=opt_state,
-                         params=partition.merge(train_params, frozen_params)), losses
+    return jax.lax.scan(one_step, state, jnp.asarray(order, jnp.int32))
 
   return jax.jit(epoch, donate_argnums=(0,))
 

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -40,7 +40,7 @@ from ml_collections import config_flags
 import numpy as np
 import tqdm
 
-from ftjax import checkpoints, evaluation, step, train
+from ftjax import checkpoints, distributed, evaluation, step, train
 from ftjax.data import DataError
 from ftjax.logging_utils import MetricWriter
 from ftjax.models import registry
@@ -151,6 +151,17 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
   seed_row = jnp.asarray([distinct_seeds.index(run.config.seed) for run in runs])
   shared = len(distinct_seeds) == 1
 
+  def step_batch(per_seed):
+    """One step's batch: [B, ...] from the one shared stream, else [seeds, B, ...]."""
+    return per_seed[0] if shared else train.stack_batches(per_seed)
+
+  def per_run(batches):
+    """The runs' batches and their vmap axis: the one shared stream as it is, or each
+    run's row of the per-seed batches."""
+    if shared:
+      return batches, None
+    return jax.tree_util.tree_map(lambda x: x[seed_row], batches), 0
+
   def tx_for(lr):
     return get_strategy(config.strategy, arch, {**hparams, "lr": lr}).transform
 
@@ -162,10 +173,7 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
       return fn(run_state, batch, jax.random.fold_in(key, global_step), tx_for(lr))
 
     def advance(states, batches, global_step):
-      # Every run's own batch: rows of the per-seed batches.
-      batch_axis = None if shared else 0
-      if not shared:
-        batches = jax.tree_util.tree_map(lambda x: x[seed_row], batches)
+      batches, batch_axis = per_run(batches)
       return jax.vmap(one, in_axes=(0, batch_axis, 0, 0, None))(
           states, batches, step_keys, lr_values, global_step)
 
@@ -179,12 +187,11 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
       weights = probe(run_state, run_batches, jax.random.fold_in(key, epoch))
       return step.start_rgn_epoch(run_state, strategy, weights), weights
 
-    batch_axis = None if shared else 0
-    if not shared:
-      batches = jax.tree_util.tree_map(lambda x: x[seed_row], batches)
+    batches, batch_axis = per_run(batches)
     return jax.vmap(one, in_axes=(0, batch_axis, 0))(states, batches, probe_keys)
 
   start_rgn_epoch = jax.jit(start_rgn_epoch, donate_argnums=(0,))
+  device = distributed.DataParallel(jax.devices()[:1])
   steps: dict[int, Any] = {}
   epoch = min(run.loop["epoch"] for run in runs)
   epochs_this_call = 0
@@ -197,18 +204,16 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
       steps[phase_index] = group_step(trainable)
     loaders = [iter(train.epoch_loader(
         _with_seed(config, seed), sources["train"], epoch)) for seed in distinct_seeds]
-    batches = (_stacked([train.train_batch(next(l), info.multilabel)
-                         for l in loaders]) for _ in range(steps_per_epoch))
+    batches = (step_batch([train.train_batch(next(l), info.multilabel) for l in loaders])
+               for _ in range(steps_per_epoch))
     start = time.perf_counter()
     first = []
     if strategy.reset_each_epoch:
       if strategy.rgn["every"] != "epoch":
         raise ValueError("ftjax.multirun supports Auto-RGN with rgn_every='epoch' only.")
       first = [next(batches) for _ in range(min(strategy.rgn["batches"], steps_per_epoch))]
-      # [seeds, rgn_batches, B, ...], or [rgn_batches, B, ...] for one shared stream.
-      probe_batches = jax.tree_util.tree_map(lambda *xs: np.stack(xs, 1), *first)
-      if shared:
-        probe_batches = jax.tree_util.tree_map(lambda x: x[0], probe_batches)
+      # [rgn_batches, B, ...] for one shared stream, else [seeds, rgn_batches, B, ...].
+      probe_batches = train.stack_batches(first, axis=0 if shared else 1)
       state, weights = start_rgn_epoch(state, probe_batches, epoch)
       for index, run in enumerate(runs):
         if run.active:
@@ -219,7 +224,7 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
     bar = tqdm.tqdm(total=steps_per_epoch, disable=None if config.progress else True,
                     leave=False, desc=f"epoch {epoch + 1}/{config.num_epochs} "
                                       f"[{len(runs)} runs]", unit="step")
-    device_batches = _prefetch(itertools.chain(first, batches), shared)
+    device_batches = device.prefetch(itertools.chain(first, batches), config.prefetch)
     for i, batch in enumerate(device_batches):
       state, metrics = advance(state, batch, global_step + i)
       losses.append(metrics["loss"])
@@ -234,8 +239,8 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
       run_losses = step_losses[:, index]
       try:
         train.check_finite(run_losses, epoch=epoch, first_step=global_step,
-                            config=run.config, workdir=run.workdir,
-                            epochs_done=run.loop["epoch"])
+                           config=run.config, workdir=run.workdir,
+                           epochs_done=run.loop["epoch"])
       except train.TrainingDivergedError as error:
         run.diverged = str(error)
         print(f"{run.workdir}: {error}", file=sys.stderr)
@@ -290,40 +295,17 @@ def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.C
   return copy
 
 
-def _stacked(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
-
-
-def _prefetch(batches, shared: bool, size: int = 2):
-  """Per-seed batches on the device, `size` ahead ([seeds, B, ...]; [B, ...] if shared)."""
-  queue = []
-  for batch in batches:
-    if shared:
-      batch = jax.tree_util.tree_map(lambda x: x[0], batch)
-    queue.append(jax.device_put(batch))
-    if len(queue) > size:
-      yield queue.pop(0)
-  yield from queue
-
-
 def _floats(text: str) -> list[float]:
   return [float(x) for x in text.split(",") if x.strip()]
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.ERROR)
-  config = flags.FLAGS.config
-  if config is None:
-    raise app.UsageError("--config is required, e.g. --config configs/base.py:bach,ft")
-  try:
+  def run(config):
     lrs = _floats(flags.FLAGS.lrs) if flags.FLAGS.lrs else [config.lr]
     seeds = [int(x) for x in _floats(flags.FLAGS.seeds)] if flags.FLAGS.seeds else [config.seed]
-    results = train_group(config, lrs, seeds, flags.FLAGS.workdir)
-  except (DataError, FileNotFoundError, ValueError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+    return train_group(config, lrs, seeds, flags.FLAGS.workdir)
+
+  results = train.run_cli(argv, "configs/base.py:bach,ft", run)
   if any(r is None for r in results):
     sys.exit(1)
 

@@ -274,6 +274,22 @@ def _probe_parts(model: nn.Module, strategy: Strategy | None, *, loss: str,
   return ratios, finish
 
 
+def _run_probe(ratios, add, finish, state: TrainState, batches: Batch, rng: jax.Array):
+  """Sums `ratios` over the leading (minibatch) axis of `batches`, then `finish`es."""
+  count = jax.tree_util.tree_leaves(batches)[0].shape[0]
+  keys = jax.random.split(rng, count)
+  total = None
+  for i in range(count):
+    batch = jax.tree_util.tree_map(lambda x, i=i: x[i], batches)
+    value = ratios(state, batch, keys[i])
+    total = value if total is None else add(total, value)
+  return finish(total, state, count)
+
+
+def _tree_add(a: Any, b: Any) -> Any:
+  return jax.tree_util.tree_map(jnp.add, a, b)
+
+
 def rgn_probe_fn(model: nn.Module, strategy: Strategy | None = None, *,
                  loss: str = "softmax", rgn_bn: str | None = None,
                  bn_mode: str = "train", compute_dtype: Any = None):
@@ -283,16 +299,7 @@ def rgn_probe_fn(model: nn.Module, strategy: Strategy | None = None, *,
   ratios, finish = _probe_parts(model, strategy, loss=loss, rgn_bn=rgn_bn, bn_mode=bn_mode,
                                 compute_dtype=compute_dtype)
 
-  def probe(state: TrainState, batches: Batch, rng: jax.Array):
-    count = jax.tree_util.tree_leaves(batches)[0].shape[0]
-    keys = jax.random.split(rng, count)
-    total = jax.tree_util.tree_map(lambda _: jnp.zeros((), jnp.float32), state.params)
-    for i in range(count):
-      batch = jax.tree_util.tree_map(lambda x, i=i: x[i], batches)
-      total = jax.tree_util.tree_map(jnp.add, total, ratios(state, batch, keys[i]))
-    return finish(total, state, count)
-
-  return probe
+  return functools.partial(_run_probe, ratios, _tree_add, finish)
 
 
 def make_rgn_probe(model: nn.Module, strategy: Strategy | None = None, *,
@@ -314,19 +321,11 @@ def make_rgn_probe(model: nn.Module, strategy: Strategy | None = None, *,
   """
   ratios, finish = _probe_parts(model, strategy, loss=loss, rgn_bn=rgn_bn, bn_mode=bn_mode,
                                 compute_dtype=compute_dtype)
-  ratios = jax.jit(ratios, compiler_options=compiler_options)
-  add = jax.jit(lambda a, b: jax.tree_util.tree_map(jnp.add, a, b))
-  finish = jax.jit(finish, static_argnums=(2,))
+  probe = functools.partial(_run_probe, jax.jit(ratios, compiler_options=compiler_options),
+                            jax.jit(_tree_add), jax.jit(finish, static_argnums=(2,)))
 
   def call(state: TrainState, batches: Batch, rng: jax.Array | None = None):
-    count = jax.tree_util.tree_leaves(batches)[0].shape[0]
-    keys = jax.random.split(jax.random.key(0) if rng is None else rng, count)
-    total = None
-    for i in range(count):
-      batch = jax.tree_util.tree_map(lambda x, i=i: x[i], batches)
-      value = ratios(state, batch, keys[i])
-      total = value if total is None else add(total, value)
-    return finish(total, state, count)
+    return probe(state, batches, jax.random.key(0) if rng is None else rng)
 
   return call
 

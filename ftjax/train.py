@@ -19,7 +19,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import app, flags, logging
 import jax
@@ -162,8 +162,8 @@ def trim_jsonl(path: pathlib.Path, epochs_done: int) -> None:
 
 
 def check_finite(losses: np.ndarray, *, epoch: int, first_step: int,
-                  config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                  epochs_done: int) -> None:
+                 config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                 epochs_done: int) -> None:
   bad = np.flatnonzero(~np.isfinite(losses))
   if not bad.size:
     return
@@ -214,8 +214,10 @@ def _variables(state: step.TrainState) -> dict[str, Any]:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  return {k: np.stack([b[k] for b in batches]) for k in ("image", "label")}
+def stack_batches(batches: list[dict[str, np.ndarray]], axis: int = 0
+                  ) -> dict[str, np.ndarray]:
+  """Images and labels of the batches, each stacked along a new `axis`."""
+  return {k: np.stack([b[k] for b in batches], axis) for k in ("image", "label")}
 
 
 def train_batch(batch: dict[str, np.ndarray], multilabel: bool) -> dict[str, Any]:
@@ -313,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
               model, loss=loss_name, rgn_bn=strategy.rgn["bn"], bn_mode=strategy.bn_mode,
               compute_dtype=compute_dtype)
           batches = parallel.shard_stacked(
-              _stack([train_batch(b, info.multilabel) for b in first]))
+              stack_batches([train_batch(b, info.multilabel) for b in first]))
           weights = rgn_probe(state, batches, jax.random.fold_in(probe_rng, epoch))
           if is_main:
             writer.write_rgn(epoch, weights)
@@ -344,7 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     step_losses = np.asarray(jax.device_get(losses), np.float32)
     try:
       check_finite(step_losses, epoch=epoch, first_step=global_step, config=config,
-                    workdir=workdir, epochs_done=loop["epoch"])
+                   workdir=workdir, epochs_done=loop["epoch"])
     except TrainingDivergedError:
       writer.close()
       ckpts.close()
@@ -446,7 +448,9 @@ def _chain(first, rest):
   yield from rest
 
 
-def main(argv) -> None:
+def run_cli(argv, example: str, run: Callable[[ml_collections.ConfigDict], Any]) -> Any:
+  """The --config flag's config handed to `run`; a user error is one `error:` line and
+  exit status 1 (shared by the training commands)."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Orbax and TFDS log every checkpoint and dataset load at INFO; the run's own
@@ -454,12 +458,17 @@ def main(argv) -> None:
   logging.set_verbosity(logging.ERROR)
   config = flags.FLAGS.config
   if config is None:
-    raise app.UsageError("--config is required, e.g. --config configs/isic_lp.py")
+    raise app.UsageError(f"--config is required, e.g. --config {example}")
   try:
-    train_and_evaluate(config, flags.FLAGS.workdir or default_workdir(config))
+    return run(config)
   except (DataError, FileNotFoundError, ValueError, TrainingDivergedError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
+
+
+def main(argv) -> None:
+  run_cli(argv, "configs/isic_lp.py", lambda config: train_and_evaluate(
+      config, flags.FLAGS.workdir or default_workdir(config)))
 
 
 if __name__ == "__main__":
