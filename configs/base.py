@@ -8,6 +8,8 @@ The argument after ':' is 'dataset,strategy[,arch]' (arch defaults to resnet50).
 
 import ml_collections
 
+from ftjax import data
+
 # Strategy hyper-parameters (ftjax.strategies.registry documents each one).
 STRATEGY_OPTIONS = dict(
     unfreeze_every=1,    # G-LF / G-FL: epochs between two unfreezing steps
@@ -22,6 +24,21 @@ STRATEGY_OPTIONS = dict(
 )
 
 
+def dataset_options(*datasets: str) -> ml_collections.ConfigDict:
+  """Every option of these datasets, unset (None: the dataset's default).
+
+  Typed placeholders let the command line set them, e.g.
+  --config.dataset_options.unit=image; options left unset are not passed on,
+  so one base config serves every dataset of a sweep.
+  """
+  options = ml_collections.ConfigDict()
+  for name in datasets:
+    for key, default in data.get_dataset(name).option_defaults().items():
+      if key not in options:
+        options[key] = ml_collections.config_dict.placeholder(type(default))
+  return options
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   dataset, strategy, arch = "isic2020", "ft", "resnet50"
   if arg:
@@ -33,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = ml_collections.ConfigDict()
   config.dataset = dataset
-  config.dataset_options = ml_collections.ConfigDict()  # e.g. unit="image"
+  config.dataset_options = dataset_options(dataset)  # e.g. unit="image"
   config.data_dir = "data"        # prepared datasets (python -m ftjax.data prepare)
   config.arch = arch
   config.init = "pretrained"      # or "random"

@@ -4,7 +4,8 @@
 
 1,728 runs. `base` is the per-run config (configs/base.py); each run sets its
 dataset, arch, strategy, lr and seed on a copy. Override base fields with
---config.base.FIELD=VALUE (e.g. --config.base.data_dir=/data/ftjax).
+--config.base.FIELD=VALUE (e.g. --config.base.data_dir=/data/ftjax, or
+--config.base.dataset_options.unit=image for CheXpert and MURA).
 """
 
 import ml_collections
@@ -20,6 +21,7 @@ STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn")
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.base = base.get_config()
+  config.base.dataset_options = base.dataset_options(*DATASETS)
   config.base.progress = False  # the sweep shows one bar over runs
   config.datasets = DATASETS
   config.archs = ARCHS

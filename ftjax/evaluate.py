@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 import ml_collections
 
-from ftjax import checkpoints, evaluation, step, train
+from ftjax import checkpoints, cli_flags, evaluation, step, train
 from ftjax.data import DataError
 from ftjax.models import registry
 from ftjax.strategies import get_strategy
@@ -68,4 +68,4 @@ if __name__ == "__main__":
   flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "split")
   flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                     "the best epoch by validation, or the last one")
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse)

@@ -40,7 +40,7 @@ from ml_collections import config_flags
 import numpy as np
 import tqdm
 
-from ftjax import checkpoints, distributed, evaluation, step, train
+from ftjax import checkpoints, cli_flags, distributed, evaluation, step, train
 from ftjax.data import DataError
 from ftjax.logging_utils import MetricWriter
 from ftjax.models import registry
@@ -317,4 +317,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("seeds", None, "comma-separated seeds (default: config.seed)")
   flags.DEFINE_string("workdir", "runs", "root of the run directories "
                       "(<dataset>/<arch>/<strategy>/lr<lr>/seed<seed>/ under it)")
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse)

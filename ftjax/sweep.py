@@ -44,6 +44,8 @@ from typing import Any, Callable, Iterable, Sequence
 import ml_collections
 import tqdm
 
+from ftjax import cli_flags, data
+
 LOCK_NAME = "lock"
 ERROR_NAME = "error.txt"
 DIVERGED_NAME = "diverged.json"
@@ -85,6 +87,10 @@ class RunSpec:
     """The per-run config: the sweep's base config with this cell's values."""
     config = ml_collections.ConfigDict(base.to_dict())
     config.dataset, config.arch, config.strategy = self.dataset, self.arch, self.strategy
+    # A dataset option applies to the datasets that have it (unit: CheXpert, MURA).
+    accepted = data.get_dataset(self.dataset).option_defaults()
+    config.dataset_options = {k: v for k, v in config.dataset_options.items()
+                              if v is not None and k in accepted}
     config.lr, config.seed = float(self.lr), int(self.seed)
     return config
 
@@ -532,4 +538,4 @@ if __name__ == "__main__":
                        "--max_attempts times")
   flags.DEFINE_integer("max_attempts", MAX_ATTEMPTS, "failed attempts after which later "
                        "sweeps stop retrying a run", lower_bound=1)
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse)

@@ -29,7 +29,7 @@ from ml_collections import config_flags
 import numpy as np
 import tqdm
 
-from ftjax import checkpoints, distributed, evaluation, features, step
+from ftjax import checkpoints, cli_flags, distributed, evaluation, features, step
 from ftjax.data import DataError, get_dataset, pipeline
 from ftjax.models import init_variables, load_pretrained, registry
 from ftjax.strategies import get_strategy
@@ -47,11 +47,21 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
           f"lr{config.lr:g}/seed{config.seed}")
 
 
+def dataset_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The dataset options the config sets (unset ones keep the dataset's default)."""
+  return {k: v for k, v in config.dataset_options.to_dict().items() if v is not None}
+
+
 def prepared_builder(config: ml_collections.ConfigDict, arch: registry.Arch):
   """The dataset's builder, prepared (synthetic data is generated on first use)."""
   info = get_dataset(config.dataset)
   resize = config.resize or arch.preprocessing.resize
-  options = config.dataset_options.to_dict()
+  options = dataset_options(config)
+  unknown = sorted(set(options) - set(info.option_defaults()))
+  if unknown:
+    raise ValueError(
+        f"config.dataset_options sets {unknown}, which {info.name} does not have; "
+        f"its options: {sorted(info.option_defaults()) or 'none'}.")
   builder = info.create(config.data_dir, resize=resize, **options)
   if not builder.data_path.exists():
     if info.name.startswith("synthetic"):
@@ -69,7 +79,8 @@ def prepared_builder(config: ml_collections.ConfigDict, arch: registry.Arch):
           f"(config {builder.builder_config.name}). {builder.MANUAL_DOWNLOAD_INSTRUCTIONS} "
           f"Then prepare it once: python -m ftjax.data prepare --dataset {info.name} "
           f"--manual_dir <the downloaded folder> --data_dir {config.data_dir} "
-          f"--resize {resize}")
+          f"--resize {resize}"
+          + "".join(f" --option {k}={v}" for k, v in sorted(options.items())))
   return info, builder
 
 
@@ -87,8 +98,11 @@ def check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDic
   """A workdir holds one run: refuse to resume it under another config."""
   path = workdir / "config.json"
   current = json.loads(config.to_json_best_effort())
+  current["dataset_options"] = dataset_options(config)
   if path.exists():
     saved = json.loads(path.read_text())
+    saved["dataset_options"] = {k: v for k, v in saved.get("dataset_options", {}).items()
+                                if v is not None}
     changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)
                      and k not in ("progress", "num_workers", "prefetch", "cache_features"))
     if changed:
@@ -399,7 +413,7 @@ def finish_run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, info
   results = {
       "dataset": info.name, "arch": arch.name, "strategy": strategy_name, "lr": config.lr,
       "seed": config.seed, "init": config.init, "data_config": data_config,
-      "unit": config.dataset_options.to_dict().get("unit"),
+      "unit": dataset_options(config).get("unit"),
       "main_metrics": list(info.main_metrics), "best_epoch": best_epoch,
       "epochs_run": loop["epoch"], "stopped_early": loop["stopped_early"],
       "train_seconds": loop["train_seconds"], "validation": val, "test": test,
@@ -478,4 +492,4 @@ if __name__ == "__main__":
                                   "fields with --config.FIELD=VALUE.")
   flags.DEFINE_string("workdir", None, "run directory (default: runs/<dataset>/<arch>/"
                       "<strategy>/lr<lr>/seed<seed>)")
-  app.run(main)
+  app.run(main, flags_parser=cli_flags.parse)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import tensorflow_datasets as tfds
+
 from ftjax.data.bach import Bach
 from ftjax.data.base import Example, ImageBuilder, ImageConfig
 from ftjax.data.brain_tumor_mri import BrainTumorMri
@@ -48,6 +50,17 @@ class DatasetInfo:
   multilabel: bool
   class_names: tuple[str, ...]
   main_metrics: tuple[str, ...]
+
+  def option_defaults(self) -> dict[str, Any]:
+    """The options a user may set for this dataset (``dataset_options``), with defaults.
+
+    Options fixed by the registry name (MURA's part, ...) and ``resize``, which
+    the training config sets from the architecture, are not among them.
+    """
+    fixed = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+    fixed |= {"resize", *self.options}
+    return {f.name: f.default for f in dataclasses.fields(self.builder.CONFIG_CLASS)
+            if f.name not in fixed and f.default is not dataclasses.MISSING}
 
   def create(self, data_dir, *, skip_bad: bool = False, num_workers: int | None = None,
              **options) -> ImageBuilder:

@@ -1,0 +1,94 @@
+"""Dataset options reach the builder from config files and the command line."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+import pytest
+
+from configs import base, sweep_paper
+from ftjax import sweep, train
+from ftjax.data import DataError
+from ftjax.models import registry
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _parse(*argv):
+  """The config as `python -m ftjax.train` would parse these flags."""
+  argv = ["ftjax.train", *argv]
+  flag_values = flags.FlagValues()
+  # Override flags are defined from the command line, as absl.app.run does with sys.argv.
+  config_flags.DEFINE_config_file("config", None, "config", flag_values=flag_values,
+                                  sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+def test_command_line_sets_dataset_options():
+  config = _parse("--config=configs/base.py:chexpert,ft",
+                  "--config.dataset_options.unit=image",
+                  "--config.dataset_options.val_fraction=0.25")
+  assert config.dataset_options.unit == "image"
+  assert config.dataset_options.val_fraction == 0.25
+  assert train.dataset_options(config) == {"unit": "image", "val_fraction": 0.25}
+
+
+def test_unset_options_keep_the_datasets_defaults():
+  assert train.dataset_options(base.get_config("mura_wrist,lp")) == {}
+
+
+@pytest.mark.parametrize("override, where, valid", [
+    ("--config.dataset_options.unit=image", "config.dataset_options", "seed, test_fraction"),
+    ("--config.lrr=1e-3", "config", "lr, num_epochs"),
+])
+def test_command_line_names_a_field_the_config_lacks(override, where, valid):
+  result = subprocess.run(
+      [sys.executable, "-m", "ftjax.train", "--config=configs/base.py:bach,ft", override],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 2
+  name = override.split("=")[0].split(".")[-1]
+  assert result.stderr.strip().splitlines() == [
+      f"error: {override}: {where} has no field {name!r}; its fields: "
+      + result.stderr.split("its fields: ")[1].strip()]
+  assert valid in result.stderr
+
+
+def test_unknown_option_is_refused_with_the_valid_ones():
+  config = base.get_config("bach,ft")
+  config.dataset_options = {"unit": "image"}
+  with pytest.raises(ValueError, match=r"\['unit'\].*bach.*test_fraction"):
+    train.prepared_builder(config, registry.get_arch("resnet50"))
+
+
+def test_not_prepared_hint_repeats_the_options(tmp_path):
+  config = base.get_config("chexpert,ft")
+  config.data_dir = str(tmp_path)
+  config.dataset_options.unit = "image"
+  with pytest.raises(DataError, match="--option unit=image"):
+    train.prepared_builder(config, registry.get_arch("resnet50"))
+
+
+def test_sweep_gives_each_dataset_the_options_it_has():
+  sweep_base = sweep_paper.get_config().base
+  sweep_base.dataset_options.unit = "image"
+  sweep_base.dataset_options.test_fraction = 0.3
+  options = {name: train.dataset_options(
+      sweep.RunSpec(name, "resnet50", "ft", 1e-4, 0).config(sweep_base))
+             for name in ("chexpert", "mura_wrist", "bach", "cholect50")}
+  assert options == {"chexpert": {"unit": "image"}, "mura_wrist": {"unit": "image"},
+                     "bach": {"test_fraction": 0.3}, "cholect50": {}}
+
+
+def test_workdir_check_ignores_unset_options_but_not_set_ones(tmp_path):
+  config = base.get_config("chexpert,ft")
+  saved = json.loads(config.to_json_best_effort())
+  saved["dataset_options"] = {}  # as written before options had placeholders
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  train.check_workdir_config(tmp_path, config)  # same run: accepted
+  config.dataset_options.unit = "image"
+  with pytest.raises(ValueError, match="dataset_options"):
+    train.check_workdir_config(tmp_path, config)
