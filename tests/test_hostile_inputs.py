@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from ftjax.data import __main__ as data_cli
 from ftjax.data import base
 from weights_port import __main__ as weights_cli
 from weights_port import pth
@@ -84,14 +85,20 @@ def test_pth_with_malicious_pickle_is_refused_without_running_it(tmp_path, capsy
   assert not marker.exists()
 
 
-def test_npz_with_object_arrays_cannot_be_loaded_without_pickle(tmp_path):
-  """The MedMNIST builder loads with allow_pickle=False and turns the ValueError
-  into a DataError ('cannot load without pickle')."""
-  path = tmp_path / "pathmnist.npz"
-  np.savez(path, train_images=np.array([{"a": 1}], dtype=object))
-  with pytest.raises(ValueError, match="allow_pickle"):
-    data = np.load(path, allow_pickle=False)
-    _ = data["train_images"]
+def test_npz_with_object_arrays_is_refused_without_running_it(tmp_path, capsys):
+  """A MedMNIST .npz whose object array would run a command when unpickled."""
+  marker = tmp_path / "pwned"
+  manual = tmp_path / "downloads"
+  manual.mkdir()
+  np.savez(manual / "pathmnist.npz",
+           train_images=np.array([_Payload(marker)], dtype=object),
+           train_labels=np.zeros((1, 1), np.uint8))
+  code = data_cli.main(["prepare", "--dataset", "medmnist_pathmnist", "--manual_dir",
+                        str(manual), "--data_dir", str(tmp_path / "data"), "--resize", "28"])
+  err = capsys.readouterr().err
+  assert code == 2 and "Traceback" not in err
+  assert err.startswith(f"error: {manual / 'pathmnist.npz'}: cannot load without pickle"), err
+  assert not marker.exists()
 
 
 # --- .pth files whose tensor layouts disagree with their storages -------------------
