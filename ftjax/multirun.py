@@ -192,6 +192,9 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
 
   start_rgn_epoch = jax.jit(start_rgn_epoch, donate_argnums=(0,))
   device = distributed.DataParallel(jax.devices()[:1])
+  if jax.device_count() > 1:
+    print(f"multirun: training on 1 of {jax.device_count()} devices; start one group per "
+          f"device (CUDA_VISIBLE_DEVICES=i) to use the others.", file=sys.stderr)
   steps: dict[int, Any] = {}
   epoch = min(run.loop["epoch"] for run in runs)
   epochs_this_call = 0
