@@ -4,6 +4,7 @@ import io
 import os
 import pathlib
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from ftjax.data import __main__ as data_cli
 from ftjax.data import base
+from tests.test_data_helpers import mri_tree, prepare
 from weights_port import __main__ as weights_cli
 from weights_port import pth
 
@@ -99,6 +101,86 @@ def test_npz_with_object_arrays_is_refused_without_running_it(tmp_path, capsys):
   assert code == 2 and "Traceback" not in err
   assert err.startswith(f"error: {manual / 'pathmnist.npz'}: cannot load without pickle"), err
   assert not marker.exists()
+
+
+# --- MATLAB v7.3 (HDF5) files of the brain MRI dataset ------------------------------
+# HDF5 declares a chunked array's shape without storing it: a few hundred bytes can
+# claim terabytes. Each case replaces one field of a valid file.
+
+def _huge(group, name, shape, dtype):
+  group.create_dataset(name, shape=shape, dtype=dtype, chunks=(64,) * len(shape))
+
+
+BAD_MAT_FIELDS = {
+    "image_of_8_terabytes": ("image", lambda g: _huge(g, "image", (10**6, 10**6), "f8"),
+                             r"cjdata/image declares shape \(1000000, 1000000\)"),
+    "label_of_a_billion_values": ("label", lambda g: _huge(g, "label", (10**9,), "f8"),
+                                  r"cjdata/label declares shape \(1000000000,\)"),
+    "patient_id_of_10**8_chars": ("PID", lambda g: _huge(g, "PID", (10**8,), "u2"),
+                                  r"cjdata/PID declares shape \(100000000,\)"),
+    "image_is_a_group": ("image", lambda g: g.create_group("image"),
+                         "cjdata/image is a Group, not an array"),
+    "label_is_text": ("label", lambda g: g.create_dataset("label", data=np.bytes_("glioma")),
+                      r"cjdata/label holds \|S6 values, not numbers"),
+}
+
+
+def _spoil_mat(path, case):
+  import h5py  # pylint: disable=import-outside-toplevel
+  field, write, _ = BAD_MAT_FIELDS[case]
+  with h5py.File(path, "r+") as f:
+    del f["cjdata"][field]
+    write(f["cjdata"])
+  assert path.stat().st_size < 1 << 20  # the claim costs the file nothing
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MAT_FIELDS))
+def test_mat_declaring_absurd_or_wrong_fields_is_named(tmp_path, capsys, case):
+  manual = mri_tree(tmp_path / "mri")
+  bad = sorted(manual.rglob("*.mat"))[4]
+  _spoil_mat(bad, case)
+  code = data_cli.main(["prepare", "--dataset", "brain_tumor_mri", "--manual_dir",
+                        str(manual), "--data_dir", str(tmp_path / "data"), "--resize", "32",
+                        "--workers", "1"])
+  err = capsys.readouterr().err
+  message = err.rstrip("\n").split("\n")[-1].split("\r")[-1]  # after the progress bar
+  assert code == 2 and "Traceback" not in err, err
+  assert message.startswith(f"error: {bad}: cannot read") and "--skip_bad" in message, err
+  assert re.search(BAD_MAT_FIELDS[case][2], message), err
+
+
+def test_mat_with_absurd_fields_is_a_counted_skip(tmp_path):
+  manual = mri_tree(tmp_path / "mri")
+  files = sorted(manual.rglob("*.mat"))
+  for path, case in zip(files[::5], sorted(BAD_MAT_FIELDS)):
+    _spoil_mat(path, case)
+  builder = prepare("brain_tumor_mri", manual, tmp_path / "data", skip_bad=True)
+  kept = sum(builder.info.splits[s].num_examples for s in ("train", "validation", "test"))
+  assert kept == len(files) - len(BAD_MAT_FIELDS)
+
+
+def test_mat_refusal_needs_no_memory(tmp_path):
+  """Under a 1 GiB address-space limit the huge declared fields are refused."""
+  manual = mri_tree(tmp_path / "mri", n_patients=1)
+  paths = sorted(manual.rglob("*.mat"))
+  for path, case in zip(paths, ("image_of_8_terabytes", "label_of_a_billion_values",
+                                "patient_id_of_10**8_chars")):
+    _spoil_mat(path, case)
+  code = textwrap.dedent(f"""
+      import resource
+      resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+      from ftjax.data import brain_tumor_mri
+      for read, path in zip((brain_tumor_mri.load_mat, brain_tumor_mri.read_header,
+                             brain_tumor_mri.read_header), {[str(p) for p in paths]!r}):
+        try:
+          read(path)
+        except ValueError as error:
+          print("refused" if "declares shape" in str(error) else error)
+      """)
+  env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120, check=False)
+  assert out.returncode == 0 and out.stdout.split() == ["refused"] * 3, out.stderr
 
 
 # --- .pth files whose tensor layouts disagree with their storages -------------------

@@ -38,17 +38,38 @@ class BrainTumorMriConfig(ImageConfig):
   test_fraction: float = 0.177
 
 
+# Sizes read from a file are checked before anything is allocated: a hostile
+# HDF5 file can declare a (10^6, 10^6) array in a few hundred bytes.
+MAX_SLICE_PIXELS = 4096 * 4096  # the dataset's slices are 512 x 512 (a few 256 x 256)
+MAX_PID_CHARS = 64              # patient ids are 6 or 7 characters
+
+
+def _read_array(group, name: str, max_size: int) -> np.ndarray:
+  """cjdata/<name> as a numeric array, its declared size checked before it is read."""
+  import h5py
+  item = group[name]  # a KeyError names a missing field
+  if not isinstance(item, h5py.Dataset):
+    raise ValueError(f"cjdata/{name} is a {type(item).__name__}, not an array")
+  if item.dtype.kind not in "biuf":
+    raise ValueError(f"cjdata/{name} holds {item.dtype} values, not numbers")
+  if item.size > max_size:
+    raise ValueError(f"cjdata/{name} declares shape {item.shape} ({item.size:,} values, "
+                     f"more than the {max_size:,} this dataset's files hold)")
+  return np.asarray(item[()])
+
+
 def read_header(path: str) -> tuple[float, str]:
   """(label, 1..3 in a valid file, and patient id) of one .mat file."""
   import h5py
   with h5py.File(path, "r") as f:
     data = f["cjdata"]
-    values = np.asarray(data["label"]).ravel()
+    values = _read_array(data, "label", max_size=1).ravel()
     if values.size != 1:
       raise ValueError(f"cjdata/label holds {values.size} values, not one")
     # Kept as read: a fraction or NaN must not be truncated into some class.
     label = float(values[0])
-    pid = "".join(chr(int(c)) for c in np.asarray(data["PID"]).ravel() if int(c))
+    pid = "".join(chr(int(c)) for c in _read_array(data, "PID", MAX_PID_CHARS).ravel()
+                  if int(c))
   return label, pid
 
 
@@ -56,7 +77,7 @@ def load_mat(path: str) -> np.ndarray:
   """The slice as a 2-D array in MATLAB orientation (h5py reads it transposed)."""
   import h5py
   with h5py.File(path, "r") as f:
-    image = np.asarray(f["cjdata"]["image"])
+    image = _read_array(f["cjdata"], "image", MAX_SLICE_PIXELS)
   if image.ndim != 2 or image.size == 0:
     raise ValueError(f"cjdata/image has shape {image.shape}, expected a 2-D slice")
   return np.ascontiguousarray(image.T)
