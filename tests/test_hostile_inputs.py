@@ -17,7 +17,7 @@ from PIL import Image
 import pytest
 
 from ftjax.data import __main__ as data_cli
-from ftjax.data import base
+from ftjax.data import base, medmnist
 from tests.test_data_helpers import mri_tree, prepare
 from weights_port import __main__ as weights_cli
 from weights_port import pth
@@ -101,6 +101,57 @@ def test_npz_with_object_arrays_is_refused_without_running_it(tmp_path, capsys):
   assert code == 2 and "Traceback" not in err
   assert err.startswith(f"error: {manual / 'pathmnist.npz'}: cannot load without pickle"), err
   assert not marker.exists()
+
+
+def _npz_declaring(path, declared_shape, stored=b"\0" * 16):
+  """A MedMNIST .npz whose train_images header declares `declared_shape` of uint8."""
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(
+      header, {"descr": "|u1", "fortran_order": False, "shape": declared_shape})
+  with zipfile.ZipFile(path, "w") as archive:
+    archive.writestr("train_images.npy", header.getvalue() + stored)
+    labels = io.BytesIO()
+    np.save(labels, np.zeros((2, 1), np.uint8))
+    archive.writestr("train_labels.npy", labels.getvalue())
+
+
+def test_npz_declaring_terabytes_is_refused_before_reading(tmp_path, capsys):
+  manual = tmp_path / "downloads"
+  manual.mkdir()
+  _npz_declaring(manual / "pathmnist.npz", (10**6, 10**6, 3))
+  code = data_cli.main(["prepare", "--dataset", "medmnist_pathmnist", "--manual_dir",
+                        str(manual), "--data_dir", str(tmp_path / "data"), "--resize", "28"])
+  err = capsys.readouterr().err
+  assert code == 2 and "Traceback" not in err
+  assert err.startswith(f"error: {manual / 'pathmnist.npz'}: array 'train_images' declares "
+                        "shape (1000000, 1000000, 3) of uint8 (3,000,000,000,000 bytes) but "
+                        "the file holds"), err
+
+
+def test_npz_refusal_needs_no_memory(tmp_path):
+  """Under a 1 GiB address-space limit a 4 GiB declaration is refused, not a MemoryError."""
+  path = tmp_path / "pathmnist.npz"
+  _npz_declaring(path, (2**32,))
+  code = textwrap.dedent(f"""
+      import resource
+      resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+      from ftjax.data import DataError, medmnist
+      try:
+        medmnist.check_npz_arrays({str(path)!r})
+      except DataError as error:
+        print("refused" if "declares shape (4294967296,)" in str(error) else error)
+      """)
+  env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120, check=False)
+  assert out.returncode == 0 and out.stdout.split() == ["refused"], out.stderr
+
+
+def test_npz_of_the_right_sizes_still_loads(tmp_path):
+  path = tmp_path / "ok.npz"
+  np.savez_compressed(path, a=np.arange(1000, dtype=np.float64).reshape(10, 100),
+                      b=np.zeros((0, 3), np.uint8), c=np.array(7))
+  medmnist.check_npz_arrays(path)  # raises on a refusal
 
 
 # --- MATLAB v7.3 (HDF5) files of the brain MRI dataset ------------------------------

@@ -2,8 +2,8 @@
 
 manual_dir holds ``<subset>.npz`` (e.g. ``pathmnist.npz`` or
 ``pathmnist_224.npz``) with ``train_images``, ``train_labels``, ``val_*`` and
-``test_*``. Files are read with ``allow_pickle=False`` (object arrays are
-rejected). Labels of shape (N, 1) are multi-class, (N, C) with C > 1
+``test_*``. Object arrays are refused (nothing is unpickled) and every
+array's declared size is checked against the file before it is read. Labels of shape (N, 1) are multi-class, (N, C) with C > 1
 multi-label (ChestMNIST).
 
 Splits: MedMNIST's own train / val / test (val is the validation split). Not
@@ -13,6 +13,8 @@ in paper Table 2.
 from __future__ import annotations
 
 import dataclasses
+import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,39 @@ class MedmnistConfig(ImageConfig):
 
 def _identity(image: np.ndarray) -> np.ndarray:
   return image
+
+
+def check_npz_arrays(path: Path) -> None:
+  """Refuses object arrays, and arrays whose .npy header declares more bytes than
+  the file holds, before numpy reads them.
+
+  numpy allocates the declared shape before reading, so a header can ask for
+  terabytes in a few bytes; each member's stored size bounds what it may declare.
+  """
+  try:
+    archive = zipfile.ZipFile(path)
+  except (zipfile.BadZipFile, OSError) as exc:
+    raise DataError(f"{path}: not a readable .npz ({exc}). Re-download it. {WHERE}") from exc
+  with archive:
+    for info in archive.infolist():
+      name = info.filename.removesuffix(".npy")
+      with archive.open(info) as member:
+        try:
+          version = np.lib.format.read_magic(member)
+          read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                         else np.lib.format.read_array_header_2_0)
+          shape, _, dtype = read_header(member, max_header_size=10_000)
+        except ValueError as exc:
+          raise DataError(f"{path}: member '{info.filename}' is not a .npy array ({exc}). "
+                          f"Re-download it. {WHERE}") from exc
+      if dtype.hasobject:
+        raise DataError(f"{path}: cannot load without pickle (array '{name}' holds Python "
+                        f"objects); use the official MedMNIST .npz. {WHERE}")
+      declared = math.prod(shape) * dtype.itemsize
+      if declared > info.file_size:
+        raise DataError(f"{path}: array '{name}' declares shape {shape} of {dtype} "
+                        f"({declared:,} bytes) but the file holds {info.file_size:,}; a "
+                        f"damaged or foreign file. Re-download it. {WHERE}")
 
 
 class Medmnist(ImageBuilder):
@@ -71,6 +106,7 @@ class Medmnist(ImageBuilder):
     if not path.is_file():
       raise DataError(f"{path}: file not found. {WHERE}")
     num_classes, multilabel = self._spec()
+    check_npz_arrays(path)
     try:
       data = np.load(path, allow_pickle=False)
       arrays = {k: data[k] for k in data.files}
