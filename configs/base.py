@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.early_stopping_metric = "loss"  # validation loss, or one of the five metrics
   config.seed = 0                 # the paper's seeds: 0, 1, 2
 
-  config.resize = 0               # 0: the architecture's (232 ResNet, 256 DenseNet/VGG)
+  config.resize = 0               # 0: the architecture's (232 ResNet-50+, 256 others)
   config.crop = 224
   config.compute_dtype = "float32"  # or "bfloat16" (float32 parameters either way)
   config.num_workers = 0          # grain worker processes
