@@ -102,6 +102,8 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
                      "features is a few matmuls per epoch already. Set "
                      "--config.cache_features=False, or run each LP with ftjax.train.")
   configs = run_configs(config, lrs, seeds)
+  for run_config in configs:
+    train.check_config(run_config)
   runs = [Run(c, workdir / train.default_workdir(c).removeprefix("runs/"), _fresh_loop())
           for c in configs]
   group_dir = (runs[0].workdir.parents[1] / "multirun" /

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import pathlib
 import sys
@@ -74,9 +75,15 @@ def prepared_builder(config: ml_collections.ConfigDict, arch: registry.Arch):
       if not builder.data_path.exists():
         builder.download_and_prepare()
     else:
+      # Prepared with other options or another resize: the config names say which.
+      others = sorted(p.parent.name for p in
+                      (pathlib.Path(config.data_dir) / builder.name).glob(f"*/{builder.version}"))
+      found = (f" Prepared there with other settings: {', '.join(others)} (set "
+               f"config.resize / config.dataset_options to use one)." if others else "")
       raise DataError(
           f"{info.name} is not prepared in {pathlib.Path(config.data_dir).absolute()} "
-          f"(config {builder.builder_config.name}). {builder.MANUAL_DOWNLOAD_INSTRUCTIONS} "
+          f"(config {builder.builder_config.name}).{found} "
+          f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS} "
           f"Then prepare it once: python -m ftjax.data prepare --dataset {info.name} "
           f"--manual_dir <the downloaded folder> --data_dir {config.data_dir} "
           f"--resize {resize}"
@@ -92,6 +99,26 @@ def initial_variables(config, arch: registry.Arch, num_classes: int):
   if config.init == "random":
     return init_variables(arch, jax.random.key(config.seed), num_classes)
   raise ValueError(f"config.init must be 'pretrained' or 'random', got {config.init!r}.")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses values no run can use, naming the field, before anything starts."""
+  def refuse(field: str, requirement: str) -> None:
+    raise ValueError(f"config.{field} must be {requirement}, got {config[field]!r} "
+                     f"(set it with --config.{field}=VALUE).")
+
+  if not (isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0):
+    refuse("lr", "a positive number (the paper's grid: 1e-3, 1e-4, 1e-5)")
+  for field in ("batch_size", "eval_batch_size", "num_epochs", "patience", "crop"):
+    if not isinstance(config[field], int) or config[field] < 1:
+      refuse(field, "a positive integer")
+  for field in ("resize", "num_workers", "prefetch"):
+    if not isinstance(config[field], int) or config[field] < 0:
+      refuse(field, "an integer >= 0")
+  if 0 < config.resize < config.crop:
+    refuse("resize", f"0 (the architecture's) or at least config.crop ({config.crop})")
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    refuse("compute_dtype", " or ".join(repr(name) for name in COMPUTE_DTYPES))
 
 
 def check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
@@ -251,6 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   if results_path.exists():
     print(f"{workdir}: this run has finished; results in {results_path}.")
     return json.loads(results_path.read_text())
+  check_config(config)
   check_workdir_writable(workdir)
   parallel = distributed.DataParallel()
   parallel.check_divisible(config.batch_size, "config.batch_size")

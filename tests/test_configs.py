@@ -72,6 +72,32 @@ def test_not_prepared_hint_repeats_the_options(tmp_path):
     train.prepared_builder(config, registry.get_arch("resnet50"))
 
 
+def test_not_prepared_hint_names_what_is_prepared(tmp_path):
+  (tmp_path / "chexpert" / "image_r256" / "1.0.0").mkdir(parents=True)
+  config = base.get_config("chexpert,ft")
+  config.data_dir = str(tmp_path)
+  with pytest.raises(DataError, match=r"\(config patient_r232\)\. Prepared there with other "
+                     r"settings: image_r256 "):
+    train.prepared_builder(config, registry.get_arch("resnet50"))
+
+
+@pytest.mark.parametrize("field, value, requirement", [
+    ("lr", -1e-4, r"a positive number \(the paper's grid: 1e-3, 1e-4, 1e-5\)"),
+    ("lr", float("nan"), r"a positive number \(the paper's grid: 1e-3, 1e-4, 1e-5\)"),
+    ("batch_size", 0, "a positive integer"),
+    ("num_epochs", 0, "a positive integer"),
+    ("prefetch", -1, "an integer >= 0"),
+    ("resize", 100, r"0 \(the architecture's\) or at least config.crop \(224\)"),
+    ("compute_dtype", "bf16", "'float32' or 'bfloat16'"),
+])
+def test_unusable_values_are_refused_before_the_run(tmp_path, field, value, requirement):
+  config = base.get_config("synthetic,ft,resnet18")
+  config[field] = value
+  with pytest.raises(ValueError, match=rf"config\.{field} must be {requirement}, got "):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_sweep_gives_each_dataset_the_options_it_has():
   sweep_base = sweep_paper.get_config().base
   sweep_base.dataset_options.unit = "image"
