@@ -28,6 +28,9 @@ def test_unknown_option_and_bad_choice_raise():
     get_strategy("l1_sp", "resnet18", {"alpah": 0.1})
   with pytest.raises(ValueError, match="rgn_every"):
     get_strategy("auto_rgn", "resnet18", {"rgn_every": "batch"})
+  for key, value in (("alpha", -0.01), ("beta", float("nan")), ("lp_epochs", 0)):
+    with pytest.raises(ValueError, match=rf"{key} must be >= \d, got {value!r}"):
+      get_strategy("l2_sp", "resnet18", {key: value})
 
 
 def test_all_strategies_build():

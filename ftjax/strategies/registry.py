@@ -71,6 +71,9 @@ def _resolve(config: Mapping[str, Any] | None) -> dict[str, Any]:
   for key in ("unfreeze_every", "lp_epochs", "rgn_batches"):
     if int(hp[key]) < 1:
       raise ValueError(f"{key} must be >= 1, got {hp[key]!r}.")
+  for key in ("alpha", "beta"):  # a negative weight would reward moving away from w0
+    if not float(hp[key]) >= 0:
+      raise ValueError(f"{key} must be >= 0, got {hp[key]!r}.")
   return hp
 
 
