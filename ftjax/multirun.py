@@ -125,10 +125,7 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
   eval_kwargs = dict(multilabel=info.multilabel, class_names=info.class_names,
                      batch_size=config.eval_batch_size, crop=config.crop,
                      num_workers=config.num_workers)
-  steps_per_epoch = len(sources["train"]) // config.batch_size
-  if steps_per_epoch == 0:
-    raise DataError(f"{info.name}: {len(sources['train'])} training examples, fewer than "
-                    f"one batch of {config.batch_size}; lower config.batch_size.")
+  steps_per_epoch = train.train_steps_per_epoch(config, info.name, len(sources["train"]))
 
   state = _stack([step.create_train_state(strategy, train.initial_variables(
       run.config, arch, info.num_classes)) for run in runs])

@@ -313,10 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   writer = MetricWriter(workdir)
   # Independent streams: dropout per global step, Auto-RGN probe per epoch.
   step_rng, probe_rng = jax.random.split(jax.random.key(config.seed))
-  steps_per_epoch = len(sources["train"]) // config.batch_size
-  if steps_per_epoch == 0:
-    raise DataError(f"{info.name}: {len(sources['train'])} training examples, fewer than "
-                    f"one batch of {config.batch_size}; lower config.batch_size.")
+  steps_per_epoch = train_steps_per_epoch(config, info.name, len(sources["train"]))
   cached = _cached_features(config, workdir, model, arch, strategy, info, builder, sources,
                             state, loss_name, parallel)
   train_steps: dict[int, Any] = {}  # phase index -> compiled step (one compile per phase)
@@ -475,6 +472,18 @@ def _cached_features(config, workdir, model, arch, strategy, info, builder, sour
         crop=config.crop, num_workers=config.num_workers, progress=config.progress)
     cached[split] = parallel.replicate((jnp.asarray(x), jnp.asarray(y)))
   return cached
+
+
+def train_steps_per_epoch(config, dataset: str, num_records: int) -> int:
+  """Batches per training epoch; an error if there are none."""
+  steps = pipeline.steps_per_epoch(num_records, config.batch_size, config.num_workers)
+  if steps == 0:
+    split = (f" split over {config.num_workers} workers, which batch their shares apart"
+             if config.num_workers > 1 else "")
+    raise DataError(f"{dataset}: {num_records} training examples{split}, fewer than one "
+                    f"batch of {config.batch_size}; lower config.batch_size"
+                    f"{' or config.num_workers' if split else ''}.")
+  return steps
 
 
 def epoch_loader(config, source, epoch: int):

@@ -89,3 +89,17 @@ def test_worker_processes_deterministic_and_resumable(synthetic):
                                                num_workers=2)
           for i, m in zip(b["id"].tolist(), b["mask"]) if m]
   assert sorted(seen) == sorted(source[i]["id"] for i in range(len(source)))
+
+
+def test_steps_per_epoch_counts_what_the_loader_yields(synthetic):
+  source = synthetic.as_data_source("train")
+  n = len(source)
+  # A batch size at which two workers, each dropping its own remainder, yield fewer
+  # batches than n // batch_size.
+  batch = next(b for b in range(2, n) if len(range(0, n, 2)) // b + len(range(1, n, 2)) // b
+               < n // b)
+  for workers in (0, 2):
+    loader = pipeline.make_loader(source, batch, seed=0, epoch=0, shuffle=True,
+                                  drop_remainder=True, crop=28, num_workers=workers)
+    assert pipeline.steps_per_epoch(n, batch, workers) == sum(1 for _ in loader)
+  assert pipeline.steps_per_epoch(n, batch, 2) < n // batch
