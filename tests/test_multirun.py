@@ -75,3 +75,16 @@ def test_rerun_of_a_finished_group_resumes_without_training(data_dir, tmp_path):
 def test_empty_lists_are_refused(data_dir):
   with pytest.raises(ValueError, match="at least one learning rate and one seed"):
     multirun.run_configs(tiny_config(data_dir, "ft"), [], [0])
+
+
+@pytest.mark.slow
+def test_worker_processes_with_unequal_remainders(data_dir, tmp_path):
+  """Two grain workers batch their 54-example shares apart: 2 x 6 batches of 8, not
+  108 // 8 = 13. The group used to ask the loaders for a 13th and fail."""
+  config = tiny_config(data_dir, "lp", num_epochs=1, num_workers=2, batch_size=8)
+  [result] = multirun.train_group(config, [1e-3], [0], tmp_path / "group")
+  [run_config] = multirun.run_configs(config, [1e-3], [0])
+  alone = train.train_and_evaluate(run_config, tmp_path / "alone")
+  group_dir = tmp_path / "group" / train.default_workdir(run_config).removeprefix("runs/")
+  np.testing.assert_allclose(_losses(group_dir), _losses(tmp_path / "alone"), rtol=1e-4)
+  assert result["test"]["loss"] == pytest.approx(alone["test"]["loss"], rel=1e-4)
