@@ -215,7 +215,7 @@ def extract(model: nn.Module, variables: Mapping[str, Any], source: Sequence, *,
   fn = _extract_fn(model)
   variables = _filter(variables)
   loader = pipeline.make_eval_loader(source, batch_size, crop=crop, num_workers=num_workers)
-  total = -(-len(source) // batch_size)
+  total = pipeline.num_batches(len(source), batch_size, num_workers, drop_remainder=False)
   feats, labels = [], []
   for batch in tqdm.tqdm(loader, total=total, disable=None if progress else True,
                          leave=False, desc="features", unit="batch"):

@@ -476,7 +476,7 @@ def _cached_features(config, workdir, model, arch, strategy, info, builder, sour
 
 def train_steps_per_epoch(config, dataset: str, num_records: int) -> int:
   """Batches per training epoch; an error if there are none."""
-  steps = pipeline.steps_per_epoch(num_records, config.batch_size, config.num_workers)
+  steps = pipeline.num_batches(num_records, config.batch_size, config.num_workers)
   if steps == 0:
     split = (f" split over {config.num_workers} workers, which batch their shares apart"
              if config.num_workers > 1 else "")

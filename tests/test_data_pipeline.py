@@ -91,7 +91,7 @@ def test_worker_processes_deterministic_and_resumable(synthetic):
   assert sorted(seen) == sorted(source[i]["id"] for i in range(len(source)))
 
 
-def test_steps_per_epoch_counts_what_the_loader_yields(synthetic):
+def test_num_batches_counts_what_the_loaders_yield(synthetic):
   source = synthetic.as_data_source("train")
   n = len(source)
   # A batch size at which two workers, each dropping its own remainder, yield fewer
@@ -101,5 +101,9 @@ def test_steps_per_epoch_counts_what_the_loader_yields(synthetic):
   for workers in (0, 2):
     loader = pipeline.make_loader(source, batch, seed=0, epoch=0, shuffle=True,
                                   drop_remainder=True, crop=28, num_workers=workers)
-    assert pipeline.steps_per_epoch(n, batch, workers) == sum(1 for _ in loader)
-  assert pipeline.steps_per_epoch(n, batch, 2) < n // batch
+    assert pipeline.num_batches(n, batch, workers) == sum(1 for _ in loader)
+    evaluation = pipeline.make_eval_loader(source, batch, crop=28, num_workers=workers)
+    assert pipeline.num_batches(n, batch, workers, drop_remainder=False) == sum(
+        1 for _ in evaluation)
+  assert pipeline.num_batches(n, batch, 2) < n // batch
+  assert pipeline.num_batches(n, batch, 2, drop_remainder=False) > -(-n // batch)

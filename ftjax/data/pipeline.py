@@ -90,11 +90,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def steps_per_epoch(num_records: int, batch_size: int, num_workers: int = 0) -> int:
-  """Batches in one training epoch of `make_loader` (drop_remainder): with workers,
-  each batches its own share (every num_workers-th record) and drops its own remainder."""
+def num_batches(num_records: int, batch_size: int, num_workers: int = 0, *,
+                drop_remainder: bool = True) -> int:
+  """Batches in one pass of `make_loader`: with workers, each batches its own share
+  (every num_workers-th record) and drops, or pads, its own remainder."""
   workers = max(num_workers, 1)
-  return sum(len(range(w, num_records, workers)) // batch_size for w in range(workers))
+  shares = [len(range(w, num_records, workers)) for w in range(workers)]
+  if drop_remainder:
+    return sum(share // batch_size for share in shares)
+  return sum(-(-share // batch_size) for share in shares)
 
 
 def make_loader(data_source: Sequence, batch_size: int, *, seed: int = 0, epoch: int = 0,
