@@ -40,6 +40,16 @@ def _decode(path):
   return base._decode((base.open_image, str(path), 16))  # pylint: disable=protected-access
 
 
+def _under_1_gib(body: str) -> subprocess.CompletedProcess:
+  """Runs `body` in a Python process limited to 1 GiB of address space."""
+  code = ("import resource\n"
+          "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+          + textwrap.dedent(body))
+  env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+  return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120, check=False)
+
+
 def test_zero_byte_image_is_a_clear_skip_message(tmp_path):
   path = tmp_path / "empty.png"
   path.write_bytes(b"")
@@ -132,18 +142,13 @@ def test_npz_refusal_needs_no_memory(tmp_path):
   """Under a 1 GiB address-space limit a 4 GiB declaration is refused, not a MemoryError."""
   path = tmp_path / "pathmnist.npz"
   _npz_declaring(path, (2**32,))
-  code = textwrap.dedent(f"""
-      import resource
-      resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+  out = _under_1_gib(f"""
       from ftjax.data import DataError, medmnist
       try:
         medmnist.check_npz_arrays({str(path)!r})
       except DataError as error:
         print("refused" if "declares shape (4294967296,)" in str(error) else error)
       """)
-  env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=120, check=False)
   assert out.returncode == 0 and out.stdout.split() == ["refused"], out.stderr
 
 
@@ -217,9 +222,7 @@ def test_mat_refusal_needs_no_memory(tmp_path):
   for path, case in zip(paths, ("image_of_8_terabytes", "label_of_a_billion_values",
                                 "patient_id_of_10**8_chars")):
     _spoil_mat(path, case)
-  code = textwrap.dedent(f"""
-      import resource
-      resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+  out = _under_1_gib(f"""
       from ftjax.data import brain_tumor_mri
       for read, path in zip((brain_tumor_mri.load_mat, brain_tumor_mri.read_header,
                              brain_tumor_mri.read_header), {[str(p) for p in paths]!r}):
@@ -228,9 +231,6 @@ def test_mat_refusal_needs_no_memory(tmp_path):
         except ValueError as error:
           print("refused" if "declares shape" in str(error) else error)
       """)
-  env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=120, check=False)
   assert out.returncode == 0 and out.stdout.split() == ["refused"] * 3, out.stderr
 
 
@@ -384,9 +384,7 @@ def test_pth_refusal_needs_no_memory(tmp_path):
   """Under a 1 GiB address-space limit the crafted files are refused, not a MemoryError."""
   paths = [str(_write_pth(tmp_path / f"{case}.pth", *BAD_LAYOUTS[case][:2]))
            for case in ("stride0_huge", "size_overflows_int64")]
-  code = textwrap.dedent(f"""
-      import resource
-      resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+  out = _under_1_gib(f"""
       from weights_port import pth
       for path in {paths!r}:
         try:
@@ -394,7 +392,4 @@ def test_pth_refusal_needs_no_memory(tmp_path):
         except pth.PthFormatError:
           print("refused")
       """)
-  env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=120, check=False)
   assert out.returncode == 0 and out.stdout.split() == ["refused", "refused"], out.stderr
