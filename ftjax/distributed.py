@@ -22,10 +22,12 @@ from typing import Any, Iterable, Iterator
 
 import jax
 from jax.experimental import multihost_utils
+from orbax.checkpoint import multihost as ocp_multihost
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 _initialized = False
+_barriers = 0  # barriers passed; a coordination-service barrier's name is used once
 
 
 def wants_distributed(config: Any = None) -> bool:
@@ -59,10 +61,18 @@ def initialize(config: Any = None) -> None:
   _initialized = True
 
 
-def barrier(name: str) -> None:
-  """Waits until every process reaches the barrier `name` (no-op with one process)."""
+def barrier(name: str, timeout_seconds: int = 3600) -> None:
+  """Waits until every process reaches the barrier `name` (no-op with one process).
+
+  A barrier of the coordination service, not a collective: others may wait here
+  for minutes (process 0 preparing data), and CPU collectives (gloo) fail when a
+  peer is more than 30 s late.
+  """
+  global _barriers
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+    _barriers += 1  # every process passes the same barriers in the same order
+    ocp_multihost.get_barrier_sync_fn()(key=f"ftjax {_barriers}: {name}",
+                                        timeout_ms=timeout_seconds * 1000)
 
 
 class DataParallel:

@@ -71,26 +71,63 @@ def _run(devices: int, data_dir, workdir, out) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _run_processes(processes: int, devices_each: int, data_dir, workdir, out) -> list[dict]:
-  """One run over `processes` local processes joined by jax.distributed (gloo on CPU)."""
-  script = pathlib.Path(workdir).with_suffix(".py")
-  script.write_text(_SCRIPT)
-  with socket.socket() as sock:  # a free port for the coordinator
+def _processes(script, args: list[str], processes: int, devices_each: int,
+               timeout: int = 600) -> list[str]:
+  """Each stdout of `script` run by `processes` local processes joined by
+  jax.distributed (gloo on CPU) through a coordinator on a free port."""
+  with socket.socket() as sock:
     sock.bind(("localhost", 0))
     port = sock.getsockname()[1]
-  procs = []
-  for index in range(processes):
-    env = {**_env(devices_each), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
-           "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(index)}
-    procs.append(subprocess.Popen(
-        [sys.executable, str(script), *_args(data_dir, workdir, out)], env=env, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-  outputs = []
-  for proc in procs:
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-3000:]
-    outputs.append(json.loads(stdout.strip().splitlines()[-1]))
-  return outputs
+  procs = [subprocess.Popen(
+      [sys.executable, str(script), *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      env={**_env(devices_each), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+           "JAX_NUM_PROCESSES": str(processes), "JAX_PROCESS_ID": str(index)})
+           for index in range(processes)]
+  finished = [proc.communicate(timeout=timeout) for proc in procs]
+  # Every process's end: a failure in one shows up as a timeout in the others.
+  assert all(proc.returncode == 0 for proc in procs), "\n".join(
+      f"process {i} (exit {proc.returncode}):\n{stderr[-2500:]}"
+      for i, (proc, (_, stderr)) in enumerate(zip(procs, finished)))
+  return [stdout for stdout, _ in finished]
+
+
+def _run_processes(processes: int, devices_each: int, data_dir, workdir, out) -> list[dict]:
+  """One run over `processes` local processes."""
+  script = pathlib.Path(workdir).with_suffix(".py")
+  script.write_text(_SCRIPT)
+  stdouts = _processes(script, _args(data_dir, workdir, out), processes, devices_each)
+  return [json.loads(stdout.strip().splitlines()[-1]) for stdout in stdouts]
+
+
+_BARRIER_SCRIPT = """
+import sys, time
+import jax, numpy as np
+from jax.experimental import multihost_utils
+from ftjax import distributed
+
+def main():
+  distributed.initialize()
+  if jax.process_index() == 0:
+    time.sleep(float(sys.argv[1]))  # e.g. preparing the data the others wait for
+  distributed.barrier("data ready")
+  distributed.barrier("data ready")  # the same name again: each use is its own barrier
+  total = multihost_utils.process_allgather(np.array([jax.process_index()])).sum()
+  print(f"process {jax.process_index()} passed; sum {total}")
+
+if __name__ == "__main__":
+  main()
+"""
+
+
+def test_barrier_waits_longer_than_collectives_allow(tmp_path):
+  """A process arriving 35 s late: CPU collectives (gloo) give up after 30 s, the
+  barrier does not, and collectives work after it."""
+  script = tmp_path / "barrier.py"
+  script.write_text(_BARRIER_SCRIPT)
+  stdouts = _processes(script, ["35"], processes=2, devices_each=1, timeout=150)
+  for index, stdout in enumerate(stdouts):
+    assert stdout.strip().splitlines()[-1] == f"process {index} passed; sum 1"
 
 
 def _losses(workdir) -> list[float]:
