@@ -30,13 +30,14 @@ from ml_collections import config_flags
 import numpy as np
 import tqdm
 
-from ftjax import checkpoints, cli_flags, distributed, evaluation, features, step
+from ftjax import checkpoints, cli_flags, distributed, evaluation, features, metrics, step
 from ftjax.data import DataError, get_dataset, pipeline
 from ftjax.models import init_variables, load_pretrained, registry
 from ftjax.strategies import get_strategy
 from ftjax.logging_utils import MetricWriter
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+INITS = ("pretrained", "random")
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -98,7 +99,8 @@ def initial_variables(config, arch: registry.Arch, num_classes: int):
     return variables
   if config.init == "random":
     return init_variables(arch, jax.random.key(config.seed), num_classes)
-  raise ValueError(f"config.init must be 'pretrained' or 'random', got {config.init!r}.")
+  raise ValueError(f"config.init must be {' or '.join(map(repr, INITS))}, got "
+                   f"{config.init!r}.")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -118,7 +120,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if 0 < config.resize < config.crop:
     refuse("resize", f"0 (the architecture's) or at least config.crop ({config.crop})")
   if config.compute_dtype not in COMPUTE_DTYPES:
-    refuse("compute_dtype", " or ".join(repr(name) for name in COMPUTE_DTYPES))
+    refuse("compute_dtype", " or ".join(map(repr, COMPUTE_DTYPES)))
+  if config.init not in INITS:
+    refuse("init", " or ".join(map(repr, INITS)))
+  Monitor(config.early_stopping_metric)  # refuses an unknown metric
 
 
 def check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
@@ -222,7 +227,7 @@ class Monitor:
   """Best epoch and early stopping on one validation metric."""
 
   def __init__(self, metric: str):
-    if metric != "loss" and metric not in ("map", "accuracy", "auroc", "kappa", "f1"):
+    if metric != "loss" and metric not in metrics.METRICS:
       raise ValueError(f"early_stopping_metric must be 'loss' or a metric name, got "
                        f"{metric!r}.")
     self.metric = metric

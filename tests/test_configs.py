@@ -89,6 +89,7 @@ def test_not_prepared_hint_names_what_is_prepared(tmp_path):
     ("prefetch", -1, "an integer >= 0"),
     ("resize", 100, r"0 \(the architecture's\) or at least config.crop \(224\)"),
     ("compute_dtype", "bf16", "'float32' or 'bfloat16'"),
+    ("init", "imagenet", "'pretrained' or 'random'"),
 ])
 def test_unusable_values_are_refused_before_the_run(tmp_path, field, value, requirement):
   config = base.get_config("synthetic,ft,resnet18")
@@ -96,6 +97,15 @@ def test_unusable_values_are_refused_before_the_run(tmp_path, field, value, requ
   with pytest.raises(ValueError, match=rf"config\.{field} must be {requirement}, got "):
     train.train_and_evaluate(config, tmp_path / "run")
   assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_unknown_early_stopping_metric_is_refused_before_the_run(tmp_path):
+  config = base.get_config("synthetic,ft,resnet18")
+  config.early_stopping_metric = "acc"
+  with pytest.raises(ValueError, match="early_stopping_metric must be 'loss' or a metric "
+                     "name, got 'acc'"):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists()  # a fixed rerun is not refused as another config
 
 
 def test_sweep_gives_each_dataset_the_options_it_has():
