@@ -86,11 +86,6 @@ def _unstack(tree: Any, index: int) -> Any:
   return jax.tree_util.tree_map(lambda x: x[index], tree)
 
 
-def _fresh_loop() -> dict[str, Any]:
-  return {"epoch": 0, "best_value": None, "best_epoch": None, "bad_epochs": 0,
-          "stopped_early": False, "train_seconds": 0.0}
-
-
 def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
                 seeds: Sequence[int], workdir: str | pathlib.Path,
                 *, max_epochs_this_call: int | None = None) -> list[dict[str, Any] | None]:
@@ -104,7 +99,7 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
   configs = run_configs(config, lrs, seeds)
   for run_config in configs:
     train.check_config(run_config)
-  runs = [Run(c, workdir / train.default_workdir(c).removeprefix("runs/"), _fresh_loop())
+  runs = [Run(c, workdir / train.default_workdir(c).removeprefix("runs/"), train.new_loop())
           for c in configs]
   group_dir = (runs[0].workdir.parents[1] / "multirun" /
                (f"lr{'-'.join(f'{lr:g}' for lr in lrs)}_seed{'-'.join(map(str, seeds))}"))
@@ -247,8 +242,7 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
         run.diverged = str(error)
         print(f"{run.workdir}: {error}", file=sys.stderr)
         continue
-      variables = {"params": _unstack(state.params, index),
-                   "batch_stats": _unstack(state.batch_stats, index)}
+      variables = _unstack(train.model_variables(state), index)
       val = evaluation.evaluate(model, variables, sources["validation"], **eval_kwargs)
       if monitor.record(run.loop, epoch, val, last_phase_start=strategy.plan.last_phase_start,
                         patience=run.config.patience, seconds=epoch_seconds / len(runs)):
@@ -277,8 +271,7 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
       run_ckpts[index].close()
       results.append(None)
       continue
-    like = {"params": _unstack(state.params, index),
-            "batch_stats": _unstack(state.batch_stats, index)}
+    like = _unstack(train.model_variables(state), index)
     best_epoch, best = run_ckpts[index].restore_best(like)
     run_ckpts[index].close()
     results.append(train.finish_run(

@@ -223,6 +223,12 @@ def check_finite(losses: np.ndarray, *, epoch: int, first_step: int,
       f"compute_dtype='float32' in a new --workdir.")
 
 
+def new_loop() -> dict[str, Any]:
+  """The loop state of a run that has not trained yet (Monitor.record updates it)."""
+  return {"epoch": 0, "best_value": None, "best_epoch": None, "bad_epochs": 0,
+          "stopped_early": False, "train_seconds": 0.0}
+
+
 class Monitor:
   """Best epoch and early stopping on one validation metric."""
 
@@ -256,7 +262,8 @@ class Monitor:
     return best
 
 
-def _variables(state: step.TrainState) -> dict[str, Any]:
+def model_variables(state: step.TrainState) -> dict[str, Any]:
+  """The state's {'params', 'batch_stats'}: what the model applies and checkpoints keep."""
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
@@ -307,8 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   state = step.create_train_state(strategy, initial_variables(config, arch, info.num_classes))
   state = parallel.replicate(state)
   ckpts = checkpoints.RunCheckpoints(workdir)
-  loop = {"epoch": 0, "best_value": None, "best_epoch": None, "bad_epochs": 0,
-          "stopped_early": False, "train_seconds": 0.0}
+  loop = new_loop()
   restored = ckpts.restore_latest(state)
   if restored is not None:
     state, loop = restored
@@ -399,16 +405,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     epoch_seconds = time.perf_counter() - start
 
     if cached is not None:
-      val = features.evaluate(model, _variables(state), *cached["validation"],
+      val = features.evaluate(model, model_variables(state), *cached["validation"],
                               multilabel=info.multilabel, class_names=info.class_names,
                               batch_size=config.eval_batch_size, crop=config.crop)
     else:
-      val = evaluation.evaluate(model, _variables(state), sources["validation"],
+      val = evaluation.evaluate(model, model_variables(state), sources["validation"],
                                 **eval_kwargs)
     value = val[monitor.metric]
     if monitor.record(loop, epoch, val, last_phase_start=strategy.plan.last_phase_start,
                       patience=config.patience, seconds=epoch_seconds):
-      ckpts.save_best(epoch, _variables(state))
+      ckpts.save_best(epoch, model_variables(state))
     if is_main:
       writer.write_epoch(epoch, {
           "phase": phase_index, "trainable": sorted(trainable), "train_loss": train_loss,
@@ -422,7 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       print(f"epoch {epoch + 1}: train loss {train_loss:.4f}, val loss {val['loss']:.4f}"
             f"{watched}{' (best)' if loop['best_epoch'] == epoch else ''}", flush=True)
 
-  best_epoch, best = ckpts.restore_best(parallel.replicate(_variables(state)))
+  best_epoch, best = ckpts.restore_best(parallel.replicate(model_variables(state)))
   results = finish_run(config, workdir, info=info, arch=arch, strategy_name=strategy.name,
                        data_config=builder.builder_config.name, loop=loop,
                        best_epoch=best_epoch, test=evaluation.evaluate(
@@ -473,7 +479,7 @@ def _cached_features(config, workdir, model, arch, strategy, info, builder, sour
         workdir / "features",
         {"dataset": info.name, "data_config": builder.builder_config.name, "split": split,
          "arch": arch.name, "resize": config.resize or arch.preprocessing.resize},
-        model, _variables(state), sources[split], batch_size=config.eval_batch_size,
+        model, model_variables(state), sources[split], batch_size=config.eval_batch_size,
         crop=config.crop, num_workers=config.num_workers, progress=config.progress)
     cached[split] = parallel.replicate((jnp.asarray(x), jnp.asarray(y)))
   return cached
