@@ -20,8 +20,6 @@ LR = 1e-3
 # float32 agreement of two XLA programs that compute the same thing in a
 # different order (the features outside the step, the step on features).
 RTOL, ATOL = 1e-5, 1e-6
-# Short XLA CPU compiles for the independent reference computations.
-FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +91,13 @@ def test_features_are_the_head_input(arch_name, sources):
       features.predict(model, variables, feats, batch_size=EVAL_BATCH, crop=CROP),
       feats @ np.asarray(head["kernel"]) + np.asarray(head["bias"]), rtol=RTOL, atol=1e-5)
   # Independently: the same backbone under an identity head outputs its input.
-  # Its own jit with a short XLA compile sums the convolutions in another
-  # order: float32 rounding, with cancellation, relative to the features' scale.
+  # Its own jit (default XLA options, as every numeric comparison here) may sum
+  # the convolutions in another order: float32 rounding relative to the scale.
   dim = feats.shape[1]
   identity = {**variables["params"], "head": {"kernel": jnp.eye(dim, dtype=jnp.float32),
                                               "bias": jnp.zeros(dim, jnp.float32)}}
   probe_model = arch.build(dim)
-  probe = jax.jit(lambda v, x: probe_model.apply(v, x, train=False), compiler_options=FAST)
+  probe = jax.jit(lambda v, x: probe_model.apply(v, x, train=False))
   images = np.concatenate([b["image"][b["mask"]] for b in pipeline.make_eval_loader(
       srcs["validation"], EVAL_BATCH, crop=CROP)])
   expected = np.asarray(probe({**variables, "params": identity}, images))

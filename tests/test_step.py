@@ -1,6 +1,7 @@
 """The train step: freezing, gated Adam, BN modes, LP's missing backward,
 and agreement with plain PyTorch training of torchvision's ResNet-18."""
 
+import dataclasses
 import functools
 
 import jax
@@ -17,8 +18,14 @@ from weights_port import mapping
 LR = 1e-3
 NUM_CLASSES = 3
 ALL_RESNET = frozenset({"stem", "layer1", "layer2", "layer3", "layer4", "head"})
-# Short XLA CPU compiles: these tests compile many steps and run each a few times.
+# Short XLA CPU compiles, only for tests that assert no numbers against a
+# reference (bitwise freezing, which statistics move, dtypes): under them the
+# convolution gradients are off by up to ~1e-2 against float64. Every test that
+# compares numbers compiles as a user's run does (`exact_setup`).
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# The lr of the numeric comparisons (see TORCH_LR).
+REF_LR = 1e-5
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 def _random_variables(arch, seed=0):
@@ -50,21 +57,26 @@ def _batches(n, seed=0, size=32):
 class Setup:
   """One architecture's model, initial variables and compiled steps by phase."""
 
-  def __init__(self, arch_name):
+  def __init__(self, arch_name, lr, compiler_options):
     self.arch = get_arch(arch_name)
     self.model = self.arch.build(NUM_CLASSES)
+    if self.arch.family == "vgg":  # dropout masks are framework RNG
+      self.model = self.model.clone(dropout_rate=0.0)
     self.variables = _random_variables(self.arch)
     self.batches = _batches(3)
+    self.lr = lr
+    self.compiler_options = compiler_options
     # Every gradual plan uses the same gated Adam, so one compiled step per
     # trainable set serves lp, ft, g_lf, g_fl and lp_ft alike.
-    self.strategy = get_strategy("ft", self.arch, {"lr": LR})
+    self.strategy = get_strategy("ft", self.arch, {"lr": lr})
     self._steps = {}
 
   def step(self, trainable, **kwargs):
     key = (frozenset(trainable), tuple(sorted(kwargs.items())))
     if key not in self._steps:
       self._steps[key] = step_lib.make_train_step(self.model, self.strategy, trainable,
-                                                  compiler_options=FAST, **kwargs)
+                                                  compiler_options=self.compiler_options,
+                                                  **kwargs)
     return self._steps[key]
 
   def state(self):
@@ -85,8 +97,15 @@ class Setup:
 
 
 @functools.lru_cache(maxsize=None)
-def setup(arch_name):
-  return Setup(arch_name)
+def fast_setup(arch_name):
+  """For tests that assert no numbers against a reference (see FAST)."""
+  return Setup(arch_name, LR, FAST)
+
+
+@functools.lru_cache(maxsize=None)
+def exact_setup(arch_name):
+  """Default XLA options, as a user's run: for every numeric comparison."""
+  return Setup(arch_name, REF_LR, None)
 
 
 def _assert_frozen_and_trained(before, after, trainable):
@@ -113,7 +132,7 @@ def _assert_frozen_and_trained(before, after, trainable):
     ("vgg11", [{"head"}, {"head", "stage1"}]),                  # g_fl
 ])
 def test_frozen_modules_bitwise_unchanged(arch_name, phases):
-  s = setup(arch_name)
+  s = fast_setup(arch_name)
   states = s.run(phases)
   for before, after, trainable in zip(states, states[1:], phases):
     _assert_frozen_and_trained(before.params, after.params, trainable)
@@ -138,7 +157,7 @@ def test_freezing_phases_above_are_the_plans(name, arch_name, expected):
 
 
 def test_newly_unfrozen_block_gets_a_fresh_adam():
-  s = setup("resnet18")
+  s = exact_setup("resnet18")
   state = s.run([{"head"}, {"head"}])[-1]     # g_lf epoch 0 (2 steps)
   batch = s.batches[2]
 
@@ -151,7 +170,7 @@ def test_newly_unfrozen_block_gets_a_fresh_adam():
     return jax.grad(loss)(params)
 
   grads = grads_of(state.params, state.batch_stats)
-  adam = optax.adam(LR)
+  adam = optax.adam(s.lr)
   fresh, _ = adam.update(grads["layer4"], adam.init(state.params["layer4"]))
   expected = optax.apply_updates(state.params["layer4"], fresh)
   new = jax.device_get(s.step({"head", "layer4"})(
@@ -164,10 +183,11 @@ def test_newly_unfrozen_block_gets_a_fresh_adam():
     # elements with |g| > 1e-4 max|g| and the lr bound on all of them; a
     # stale Adam (count > 0 or old moments) breaks both.
     delta = new_p - old_p
-    assert np.all(np.abs(delta) <= LR * 1.001)  # slack: float32 rounding of p + delta
+    rounding = EPS32 * np.abs(old_p)  # float32 rounding of p + delta
+    assert np.all(np.abs(delta) <= s.lr * 1.001 + rounding)
     big = np.abs(g) > 1e-4 * np.abs(g).max()
     assert big.sum() >= min(g.size, 100)  # (3x3 taps off a 1x1 map have g = 0)
-    np.testing.assert_allclose(new_p[big], want_p[big], rtol=0, atol=1e-6)
+    assert np.all(np.abs(new_p - want_p)[big] <= 1e-3 * s.lr + rounding[big])
 
   jax.tree_util.tree_map(check, new.params["layer4"], state.params["layer4"],
                          jax.device_get(expected), jax.device_get(grads["layer4"]))
@@ -181,14 +201,14 @@ def test_newly_unfrozen_block_gets_a_fresh_adam():
 
 
 def test_bn_mode_train_updates_frozen_running_stats():
-  s = setup("resnet18")
+  s = fast_setup("resnet18")
   after = s.run([{"head"}])[-1]
   assert not np.array_equal(after.batch_stats["stem"]["bn1"]["mean"],
                             s.variables["batch_stats"]["stem"]["bn1"]["mean"])
 
 
 def test_bn_mode_frozen_is_a_linear_model_on_eval_features():
-  s = setup("resnet18")
+  s = exact_setup("resnet18")
   state = s.state()
   batch = s.batches[0]
   after, metrics = s.step({"head"}, bn_mode="frozen")(state, batch, jax.random.key(0))
@@ -202,7 +222,7 @@ def test_bn_mode_frozen_is_a_linear_model_on_eval_features():
 
 
 def test_sigmoid_loss_is_mean_bce_over_batch_and_classes():
-  s = setup("resnet18")
+  s = exact_setup("resnet18")
   batch = dict(s.batches[0])
   batch["label"] = jnp.asarray([[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]], jnp.float32)
   _, metrics = s.step({"head"}, bn_mode="frozen", loss="sigmoid")(
@@ -216,7 +236,7 @@ def test_sigmoid_loss_is_mean_bce_over_batch_and_classes():
 
 
 def test_bn_mode_frozen_trains_bn_of_trainable_modules_only():
-  s = setup("resnet18")
+  s = fast_setup("resnet18")
   after = s.run([{"head", "layer4"}], bn_mode="frozen")[-1]
   before = s.variables["batch_stats"]
   for name in ("stem", "layer1", "layer2", "layer3"):
@@ -231,7 +251,7 @@ def test_bn_mode_frozen_trains_bn_of_trainable_modules_only():
 
 
 def test_lp_step_has_no_backbone_backward():
-  s = setup("resnet18")
+  s = fast_setup("resnet18")  # traced, never compiled
   state, batch, rng = s.state(), s.batches[0], jax.random.key(0)
 
   def convs(trainable):
@@ -251,11 +271,11 @@ def test_lp_step_has_no_backbone_backward():
 
 
 def test_rgn_every_step_uses_this_batch_gradients():
-  s = setup("resnet18")
-  strategy = get_strategy("auto_rgn", s.arch, {"lr": LR, "rgn_every": "step"})
+  s = exact_setup("resnet18")
+  strategy = get_strategy("auto_rgn", s.arch, {"lr": s.lr, "rgn_every": "step"})
   state = step_lib.create_train_state(strategy, s.variables)
   batch = s.batches[0]
-  train_step = step_lib.make_train_step(s.model, strategy, ALL_RESNET, compiler_options=FAST)
+  train_step = step_lib.make_train_step(s.model, strategy, ALL_RESNET)
   after, _ = train_step(state, batch, jax.random.key(0))
   weights = jax.device_get(optax.tree_utils.tree_get(after.opt_state, "rgn_weights"))
 
@@ -279,7 +299,7 @@ def test_rgn_every_step_uses_this_batch_gradients():
 
 
 def test_bf16_compute_keeps_float32_params():
-  s = setup("resnet18")
+  s = fast_setup("resnet18")  # dtypes and a loose bound only
   after, metrics = s.step({"head", "layer4"}, compute_dtype=jnp.bfloat16)(
       s.state(), s.batches[0], jax.random.key(0))
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(after.params))
@@ -294,66 +314,75 @@ def test_bf16_compute_keeps_float32_params():
 torch = pytest.importorskip("torch")
 torch_reference = pytest.importorskip("tests.torch_reference")
 
+# lr 1e-5 (the smallest of the paper's grid) for the PyTorch comparisons: at
+# lr 1e-3 on these tiny random networks the 3-step trajectory is chaotic
+# (Adam's first step moves every element by +-lr whatever |g|, so float32
+# noise in a tiny gradient flips its direction and later steps see other
+# networks); at 1e-5 it stays in the linear regime.
+TORCH_LR = REF_LR
 
-@pytest.fixture(scope="module")
-def torch_setup():
+# The tolerance rule. The reference is PyTorch's same update in float64; the
+# noise floor is PyTorch's own float32 run against it. For every tensor that
+# trains (and every running statistic), ftjax's float32 run must be as close
+# to float64 as PyTorch float32 is, up to NOISE_FACTOR: the median elementwise
+# error per tensor, and the global L2 error over all tensors. A tensor that
+# PyTorch leaves unchanged must be bitwise unchanged. The floor of a tensor's
+# median is float32's resolution of its values (where PyTorch float32 lands
+# exactly on float64). Measured on ResNet-18 with default XLA options, over
+# FT, LP, G-LF, G-FL, LP-FT, L1-SP and L2-SP: per-tensor ratios up to 2.0, global
+# 1.0-1.7. An lr 2% off in layer3 gives layer3 ratios of 3.7-32 (median 32) and
+# a global 13.7; SP without beta on the head's bias gave 128x (L1) and 462x (L2)
+# there. Under the short-compile options (FAST) the stem's gradient alone is
+# off by ~1e-3 relative, far above this floor.
+NOISE_FACTOR = 4.0
+
+
+@functools.lru_cache(maxsize=None)
+def torch_setup(arch_name):
+  """The numeric setup of an arch (default XLA options, lr TORCH_LR), torch deterministic."""
   torch.use_deterministic_algorithms(True)
-  torch.set_num_threads(1)
-  s = Setup("resnet18")
-  s.strategy = get_strategy("ft", s.arch, {"lr": TORCH_LR})
-  return s
+  torch.set_num_threads(2)
+  return exact_setup(arch_name)
 
 
-# lr 1e-5 (the smallest of the paper's grid) for the PyTorch comparisons. The
-# same float32 model in two frameworks gives gradients that agree to ~1e-4
-# relative (summation order). Adam's first step moves *every* element by +-lr
-# whatever |g|, so elements whose gradient is at that noise level may move in
-# opposite directions, and the following steps see slightly different
-# networks. At lr 1e-3 on this tiny random ResNet-18 that cascade is chaotic:
-# two PyTorch runs from weights 1e-6 apart already disagree on 20% of the
-# elements after 3 steps. At lr 1e-5 the same experiment gives 0.02% of
-# elements off by more than lr / 10 and a 1% difference in the global change,
-# which sets the tolerances below (5x margin); any real difference (a frozen
-# block moving, a stale Adam, a wrong penalty or lr scale) moves a large
-# fraction of elements by ~lr.
-TORCH_LR = 1e-5
-
-
-def _compare(jax_vars, torch_model, label, lr=TORCH_LR, head_rtol=1e-3):
-  """Params and running stats after a few Adam steps, ftjax vs PyTorch."""
-  torch_vars = torch_reference.to_flax(torch_model)
-  init = _random_variables(get_arch("resnet18"))
-  far = count = 0
-  diff2 = change2 = 0.0
+def _violations(ours, ref32, ref64, init):
+  """Where ftjax breaks the tolerance rule against (PyTorch f32, f64), as messages."""
+  out, err_ours2, err_ref2 = [], 0.0, 0.0
   for collection in ("params", "batch_stats"):
-    flat_j = dict(jax.tree_util.tree_leaves_with_path(jax_vars[collection]))
-    flat_t = dict(jax.tree_util.tree_leaves_with_path(torch_vars[collection]))
-    flat_0 = dict(jax.tree_util.tree_leaves_with_path(init[collection]))
-    assert flat_j.keys() == flat_t.keys()
-    for path, j in flat_j.items():
-      j, t, w0 = np.asarray(j), np.asarray(flat_t[path]), np.asarray(flat_0[path])
-      where = f"{label} {collection} {jax.tree_util.keystr(path)}"
-      if collection == "batch_stats":
-        np.testing.assert_allclose(j, t, rtol=1e-3, atol=1e-4, err_msg=where)
+    flat = [dict(jax.tree_util.tree_leaves_with_path(v.get(collection, {})))
+            for v in (ours, ref32, ref64, init)]
+    assert flat[0].keys() == flat[1].keys() == flat[2].keys() == flat[3].keys()
+    for path in flat[0]:
+      j, t32, t64, w0 = (np.asarray(f[path], np.float64) for f in flat)
+      where = f"{collection} {jax.tree_util.keystr(path)}"
+      if np.array_equal(t64, w0):  # frozen in PyTorch: bitwise frozen in ftjax
+        if not np.array_equal(j, w0):
+          out.append(f"{where} moved, PyTorch's did not")
         continue
-      if np.array_equal(t, w0):  # frozen in PyTorch: bitwise frozen in ftjax
-        np.testing.assert_array_equal(j, w0, err_msg=where)
-        continue
-      assert np.all(np.abs(j - t) <= 10 * lr), where  # 3 steps of at most lr each way
-      far += int(np.sum(np.abs(j - t) > 0.1 * lr))
-      count += j.size
-      diff2 += float(np.sum((j - t) ** 2))
-      change2 += float(np.sum((t - w0) ** 2))
-      if path[0].key == "head":  # no BatchNorm behind it: well conditioned
-        rel = np.linalg.norm(j - t) / np.linalg.norm(t - w0)
-        assert rel <= head_rtol, (where, rel)
-  assert far <= 1e-3 * count, (label, far / count)
-  assert diff2 <= 0.05 ** 2 * change2, (label, (diff2 / change2) ** 0.5)
+      e_ours, e_ref = np.abs(j - t64), np.abs(t32 - t64)
+      err_ours2 += float(np.sum(e_ours ** 2))
+      err_ref2 += float(np.sum(e_ref ** 2))
+      floor = max(float(np.median(e_ref)), EPS32 * float(np.median(np.abs(t64))))
+      ratio = float(np.median(e_ours)) / floor
+      if ratio > NOISE_FACTOR:
+        out.append(f"{where} median error {ratio:.1f}x PyTorch float32's")
+  ratio = (err_ours2 / err_ref2) ** 0.5
+  if ratio > NOISE_FACTOR:
+    out.append(f"global L2 error {ratio:.1f}x PyTorch float32's")
+  return out
 
 
-def _torch_run(s, **kwargs):
-  model = torch_reference.resnet18(s.variables, NUM_CLASSES)
-  return torch_reference.train(model, s.batches, TORCH_LR, **kwargs)
+def _torch_pair(s, run):
+  """`run(model) -> model` from the same start in float32 and float64, as ftjax trees."""
+  return [torch_reference.to_flax(run(torch_reference.build(
+      s.arch.name, s.variables, NUM_CLASSES, dtype)), s.arch.name)
+          for dtype in (torch.float32, torch.float64)]
+
+
+def _torch_steps(s, phases=None, **kwargs):
+  blocks = torch_reference.block_of(s.arch.name, s.variables)
+  return _torch_pair(s, lambda model: torch_reference.train(
+      model, s.batches, TORCH_LR, blocks=blocks, phases=phases, **kwargs))
 
 
 def _run_strategy(s, strategy, phases):
@@ -361,56 +390,90 @@ def _run_strategy(s, strategy, phases):
   state = step_lib.create_train_state(strategy, s.variables)
   for i, trainable in enumerate(phases):
     if trainable not in steps:
-      steps[trainable] = step_lib.make_train_step(s.model, strategy, trainable,
-                                                  compiler_options=FAST)
+      steps[trainable] = step_lib.make_train_step(s.model, strategy, trainable)
     state, _ = steps[trainable](state, s.batches[i], jax.random.key(i))
   state = jax.device_get(state)
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def test_ft_matches_torch(torch_setup):
-  s = torch_setup
-  after = s.run([ALL_RESNET] * 3)[-1]
-  _compare({"params": after.params, "batch_stats": after.batch_stats}, _torch_run(s), "ft")
+def _assert_matches(s, ours, reference):
+  bad = _violations(ours, *reference, s.variables)
+  assert not bad, bad
 
 
-def test_lp_matches_torch(torch_setup):
-  s = torch_setup
-  after = s.run([{"head"}] * 3)[-1]
-  _compare({"params": after.params, "batch_stats": after.batch_stats},
-           _torch_run(s, all_head_only=True), "lp")
+def _plan_phases(s, name, steps=3, **options):
+  plan = get_strategy(name, s.arch, options).plan
+  return [frozenset(plan.trainable_at(epoch)) for epoch in range(steps)]  # a step an epoch
 
 
-def test_lp_ft_matches_torch_across_the_switch(torch_setup):
-  s = torch_setup
-  plan = get_strategy("lp_ft", "resnet18", {"lp_epochs": 2}).plan
-  phases = [plan.trainable_at(epoch) for epoch in range(3)]  # one step per epoch
-  assert phases == [{"head"}, {"head"}, ALL_RESNET]
+@pytest.mark.parametrize("name,options", [("ft", {}), ("lp", {}), ("g_lf", {}),
+                                          ("g_fl", {}), ("lp_ft", {"lp_epochs": 2})])
+def test_gradual_plans_match_torch(name, options):
+  s = torch_setup("resnet18")
+  phases = _plan_phases(s, name, **options)
   after = s.run(phases)[-1]
-  _compare({"params": after.params, "batch_stats": after.batch_stats},
-           _torch_run(s, head_only_steps=2), "lp_ft")
+  _assert_matches(s, {"params": after.params, "batch_stats": after.batch_stats},
+                  _torch_steps(s, phases))
+
+
+def _scale_block(block, factor):
+  """A deliberately wrong update: lr x factor for one block (a test of the test)."""
+  return optax.stateless(lambda updates, params=None: {
+      k: jax.tree_util.tree_map(lambda u: u * factor, v) if k == block else v
+      for k, v in updates.items()})
+
+
+def test_rule_catches_lr_two_percent_off_in_one_block():
+  s = torch_setup("resnet18")
+  good = get_strategy("ft", s.arch, {"lr": TORCH_LR})
+  wrong = dataclasses.replace(good, transform=optax.chain(good.transform,
+                                                          _scale_block("layer3", 1.02)))
+  phases = [ALL_RESNET] * 3
+  bad = _violations(_run_strategy(s, wrong, phases), *_torch_steps(s, phases), s.variables)
+  # The wrong block is caught (the blocks after it see another network from
+  # the second step on, so they may be caught as well).
+  assert any("['layer3']" in m for m in bad), bad
 
 
 # Coefficients large enough to matter within 3 steps of lr 1e-5 (L2's
 # gradient 2 alpha (w - w0) is ~alpha * 1e-5), and alpha != beta.
-@pytest.mark.parametrize("name,norm,alpha,beta", [("l1_sp", "l1", 0.01, 0.02),
-                                                  ("l2_sp", "l2", 100.0, 0.5)])
-def test_sp_matches_torch(torch_setup, name, norm, alpha, beta):
-  s = torch_setup
-  strategy = get_strategy(name, "resnet18", {"lr": TORCH_LR, "alpha": alpha, "beta": beta})
-  ours = _run_strategy(s, strategy, [ALL_RESNET] * 3)
-  _compare(ours, _torch_run(s, sp=dict(alpha=alpha, beta=beta, norm=norm)), name)
-  # The penalty changes the result: plain FT is far from it.
-  with pytest.raises(AssertionError):
-    _compare(ours, _torch_run(s), name)
+SP = {"l1_sp": dict(norm="l1", alpha=0.01, beta=0.02),
+      "l2_sp": dict(norm="l2", alpha=100.0, beta=0.5)}
 
 
-def test_auto_rgn_matches_torch_across_an_epoch(torch_setup):
-  s = torch_setup
+def _sp_case(arch_name, name):
+  s = torch_setup(arch_name)
+  sp = SP[name]
+  strategy = get_strategy(name, s.arch, {"lr": TORCH_LR, "alpha": sp["alpha"],
+                                         "beta": sp["beta"]})
+  phases = [frozenset(strategy.plan.trainable_at(0))] * 3
+  head = torch_reference.head_prefix(arch_name)
+  return s, _run_strategy(s, strategy, phases), lambda **kw: _torch_steps(
+      s, sp={**sp, "head": head, **kw})
+
+
+@pytest.mark.parametrize("arch_name,name", [
+    ("resnet18", "l1_sp"), ("resnet18", "l2_sp"),
+    ("densenet121", "l2_sp"),  # head 'classifier' in torch
+    ("vgg11", "l1_sp"),        # head classifier.6; fc1 / fc2 are pretrained (alpha)
+    pytest.param("densenet121", "l1_sp", marks=pytest.mark.slow),
+    pytest.param("vgg11", "l2_sp", marks=pytest.mark.slow)])
+def test_sp_matches_torch(arch_name, name):
+  s, ours, reference = _sp_case(arch_name, name)
+  _assert_matches(s, ours, reference())
+  if arch_name == "resnet18":
+    # The rule sees the penalty: a reference without the head bias's beta term
+    # (ftjax before the head fix) or without any penalty breaks it at the head.
+    no_bias_term = _violations(ours, *reference(head_bias=False), s.variables)
+    assert any("'head']['bias']" in m for m in no_bias_term), no_bias_term
+    assert _violations(ours, *_torch_steps(s), s.variables)
+
+
+def test_auto_rgn_matches_torch_across_an_epoch():
+  s = torch_setup("resnet18")
   strategy = get_strategy("auto_rgn", "resnet18", {"lr": TORCH_LR, "rgn_batches": 2})
-  train_step = step_lib.make_train_step(s.model, strategy, ALL_RESNET,
-                                        compiler_options=FAST)
-  probe = step_lib.make_rgn_probe(s.model, compiler_options=FAST)
+  train_step = step_lib.make_train_step(s.model, strategy, ALL_RESNET)
+  probe = step_lib.make_rgn_probe(s.model)
   b = s.batches
   # (probe batches, train batches) per epoch: 3 steps, the third after the
   # epoch-1 probe and Adam's re-creation.
@@ -424,18 +487,25 @@ def test_auto_rgn_matches_torch_across_an_epoch(torch_setup):
     for i, batch in enumerate(train_batches):
       state, _ = train_step(state, batch, jax.random.key(i))
   state = jax.device_get(state)
-  model = torch_reference.resnet18(s.variables, NUM_CLASSES)
-  model, torch_weights = torch_reference.train_auto_rgn(model, epochs, TORCH_LR)
-  # Weights: flax paths -> torch names through the weight port's key mapping.
+  torch_weights = {}
+
+  def run(model):
+    model, torch_weights[next(model.parameters()).dtype] = torch_reference.train_auto_rgn(
+        model, epochs, TORCH_LR)
+    return model
+
+  reference = _torch_pair(s, run)
+  # Weights: flax paths -> torch names through the weight port's key mapping;
+  # the same rule per epoch, over the vector of per-tensor weights.
   arch = get_arch("resnet18")
-  for jw, tw in zip(jax_weights, torch_weights):
+  for epoch, jw in enumerate(jax_weights):
     flat = {mapping.torch_key(arch, "params", tuple(str(k.key) for k in path)): float(v)
             for path, v in jax.tree_util.tree_leaves_with_path(jw)}
-    for name, value in tw.items():
-      np.testing.assert_allclose(flat[name], value, rtol=1e-3, err_msg=name)
+    w32, w64 = (torch_weights[d][epoch] for d in (torch.float32, torch.float64))
+    names = sorted(w64)
+    ours, t32, t64 = (np.array([w[n] for n in names]) for w in (flat, w32, w64))
+    assert np.median(np.abs(ours - t64)) <= NOISE_FACTOR * max(
+        np.median(np.abs(t32 - t64)), EPS32 * np.median(np.abs(t64))), epoch
     assert {k for k, v in flat.items() if v == 0.0} >= {
         k for k in flat if "bn" in k or "downsample.1" in k}
-  # The head's lr carries its RGN weight, which agrees to ~1e-4..1e-3.
-  _compare({"params": state.params, "batch_stats": state.batch_stats}, model, "auto_rgn",
-           head_rtol=5e-3)
-
+  _assert_matches(s, {"params": state.params, "batch_stats": state.batch_stats}, reference)

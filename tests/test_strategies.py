@@ -180,14 +180,13 @@ def test_sp_penalty_gradient(norm, apply_to):
   np.testing.assert_allclose(out["stem"]["conv"]["kernel"],
                              expect(np_p["stem"]["conv"]["kernel"],
                                     np_w0["stem"]["conv"]["kernel"], alpha), rtol=1e-6)
-  np.testing.assert_allclose(out["head"]["kernel"],
-                             expect(np_p["head"]["kernel"], 0.0, beta), rtol=1e-6)
+  # The new head: beta on every parameter, bias included, in both modes.
+  for leaf in ("kernel", "bias"):
+    np.testing.assert_allclose(out["head"][leaf], expect(np_p["head"][leaf], 0.0, beta),
+                               rtol=1e-6, err_msg=leaf)
   if apply_to == "kernels":
-    np.testing.assert_array_equal(out["head"]["bias"], 0.0)
     np.testing.assert_array_equal(out["stem"]["bn"]["scale"], 0.0)
   else:
-    np.testing.assert_allclose(out["head"]["bias"], expect(np_p["head"]["bias"], 0.0, beta),
-                               rtol=1e-6)
     np.testing.assert_allclose(out["stem"]["bn"]["scale"],
                                expect(np_p["stem"]["bn"]["scale"],
                                       np_w0["stem"]["bn"]["scale"], alpha), rtol=1e-6)

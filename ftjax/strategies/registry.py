@@ -8,7 +8,8 @@ ConfigDict); unknown keys are an error. Defaults:
   unfreeze_every  1      epochs between two unfreezing steps (g_lf, g_fl)
   lp_epochs       5      head-only epochs of lp_ft (the paper does not give it)
   alpha, beta     0.01   SP coefficients of the pretrained modules / the head
-  sp_apply_to     'kernels' | 'all'   which parameters SP penalises
+  sp_apply_to     'kernels' | 'all'   which pretrained parameters get SP's alpha
+                  term (beta covers every head parameter either way)
   rgn_batches     5      minibatches averaged by the Auto-RGN probe
   rgn_every       'epoch' | 'step'    when Auto-RGN weights are recomputed
   rgn_bn          'exclude' | 'include'   BatchNorm params in Auto-RGN's optimizer

@@ -80,6 +80,21 @@ class SPState(NamedTuple):
   w0: Any  # the starting point (pretrained weights), full params tree
 
 
+def _sp_terms(name: str, block: Any, w0: Params, alpha: float, beta: float, apply_to: str,
+              head: str) -> tuple[float, Any, Any]:
+  """(coefficient, reference point, mask of penalised leaves) of one module.
+
+  The head is new: beta pulls all its parameters to 0, whatever apply_to. A
+  pretrained module: alpha pulls the apply_to selection to its w0.
+  """
+  if name == head:
+    return (beta, jax.tree_util.tree_map(jnp.zeros_like, block),
+            jax.tree_util.tree_map(lambda _: True, block))
+  mask = (kernel_mask(block) if apply_to == "kernels"
+          else jax.tree_util.tree_map(lambda _: True, block))
+  return alpha, w0[name], mask
+
+
 def sp_regularizer(w0: Params | None = None, alpha: float = 0.01, beta: float = 0.01,
                    norm: str = "l1", apply_to: str = "kernels",
                    head: str = HEAD) -> optax.GradientTransformation:
@@ -88,8 +103,10 @@ def sp_regularizer(w0: Params | None = None, alpha: float = 0.01, beta: float = 
   penalty = alpha * ||w_s - w0_s|| + beta * ||w_head||, with ||.||_1 for
   norm='l1' (subgradient alpha * sign(w - w0), 0 at w = w0) and ||.||_2^2 for
   norm='l2' (gradient 2 * alpha * (w - w0)). w_s are the pretrained modules'
-  parameters, w_head the new classifier's. apply_to='kernels' penalises conv
-  and dense kernels only; 'all' every parameter (BatchNorm and biases too).
+  parameters, w_head *every* parameter of the new classifier (kernel and bias,
+  as in the paper's Omega and tllib's L2-SP). apply_to selects the pretrained
+  parameters of the alpha term: 'kernels' conv and dense kernels only, 'all'
+  every one (BatchNorm and biases too).
   `w0=None` takes the parameters passed to `init` as the starting point. Put
   it before the optimizer in an `optax.chain`: it must see raw gradients.
   """
@@ -112,11 +129,7 @@ def sp_regularizer(w0: Params | None = None, alpha: float = 0.01, beta: float = 
       raise ValueError("sp_regularizer needs params.")
     out = {}
     for name, block in updates.items():
-      coeff = beta if name == head else alpha
-      ref = (jax.tree_util.tree_map(jnp.zeros_like, params[name]) if name == head
-             else state.w0[name])
-      mask = (kernel_mask(params[name]) if apply_to == "kernels"
-              else jax.tree_util.tree_map(lambda _: True, params[name]))
+      coeff, ref, mask = _sp_terms(name, params[name], state.w0, alpha, beta, apply_to, head)
       out[name] = jax.tree_util.tree_map(
           lambda g, p, r, m: g + penalty_grad(p, r, coeff).astype(g.dtype) if m else g,
           block, params[name], ref, mask)
@@ -130,10 +143,7 @@ def sp_penalty(params: Params, w0: Params, alpha: float, beta: float, norm: str 
   """The SP penalty value itself (for logging)."""
   total = jnp.zeros((), jnp.float32)
   for name, block in params.items():
-    coeff = beta if name == head else alpha
-    mask = (kernel_mask(block) if apply_to == "kernels"
-            else jax.tree_util.tree_map(lambda _: True, block))
-    ref = jax.tree_util.tree_map(jnp.zeros_like, block) if name == head else w0[name]
+    coeff, ref, mask = _sp_terms(name, block, w0, alpha, beta, apply_to, head)
     for p, r, m in zip(jax.tree_util.tree_leaves(block), jax.tree_util.tree_leaves(ref),
                        jax.tree_util.tree_leaves(mask)):
       if m:
