@@ -41,6 +41,7 @@ import numpy as np
 import tqdm
 
 from ftjax import checkpoints, cli_flags, distributed, evaluation, step, train
+from ftjax import run as run_lib
 from ftjax.data import DataError
 from ftjax.logging_utils import MetricWriter
 from ftjax.models import registry
@@ -103,24 +104,24 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
           for c in configs]
   group_dir = (runs[0].workdir.parents[1] / "multirun" /
                (f"lr{'-'.join(f'{lr:g}' for lr in lrs)}_seed{'-'.join(map(str, seeds))}"))
-  for run in runs:
-    train.check_workdir_writable(run.workdir)
-    train.check_workdir_config(run.workdir, run.config)
-  train.check_workdir_writable(group_dir)
-
   arch = registry.get_arch(config.arch)
   hparams = config.strategy_options.to_dict()
   strategy = get_strategy(config.strategy, arch, {**hparams, "lr": config.lr})
   info, builder = train.prepared_builder(config, arch)
+  sources = {split: builder.as_data_source(split) for split in ("train", "validation", "test")}
+  steps_per_epoch = train.train_steps_per_epoch(config, info.name, len(sources["train"]))
+  # Validated: now claim each run's directory (refusing one of another identity).
+  for run in runs:
+    train.check_workdir_writable(run.workdir)
+    train.claim_workdir(run.workdir, run.config, run_lib.run_identity(run.config, builder))
+  train.check_workdir_writable(group_dir)
   loss_name = "sigmoid" if info.multilabel else "softmax"
   compute_dtype = train.COMPUTE_DTYPES[config.compute_dtype]
   model = arch.build(info.num_classes)
   monitor = train.Monitor(config.early_stopping_metric)
-  sources = {split: builder.as_data_source(split) for split in ("train", "validation", "test")}
   eval_kwargs = dict(multilabel=info.multilabel, class_names=info.class_names,
                      batch_size=config.eval_batch_size, crop=config.crop,
                      num_workers=config.num_workers)
-  steps_per_epoch = train.train_steps_per_epoch(config, info.name, len(sources["train"]))
 
   state = _stack([step.create_train_state(strategy, train.initial_variables(
       run.config, arch, info.num_classes)) for run in runs])

@@ -29,7 +29,6 @@ Subsets: --datasets isic2020,bach --archs resnet50 --strategies ft,lp --lrs 1e-4
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import pathlib
@@ -45,8 +44,12 @@ import ml_collections
 import tqdm
 
 from ftjax import cli_flags, data
+from ftjax import run as run_lib
+from ftjax.data.prepared import prepared_builder
+from ftjax.models import registry
 
-LOCK_NAME = "lock"
+LOCK_NAME = run_lib.RunDir.LOCK
+LOCK_HELD_ENV = "FTJAX_RUN_LOCK_HELD"  # set for a subprocess run: its lock is held
 ERROR_NAME = "error.txt"
 DIVERGED_NAME = "diverged.json"
 ATTEMPTS_NAME = "attempts.json"  # failed attempts so far, to bound retries
@@ -120,40 +123,25 @@ def grid(sweep_config: ml_collections.ConfigDict,
 # --- Locks and status -------------------------------------------------------
 
 
-class RunLock:
-  """A non-blocking exclusive flock on <run>/lock; `acquire` says if it got it.
-
-  flock locks belong to the open file, so two processes (or two RunLock objects
-  in one process) exclude each other, and a dead process's lock is released by
-  the kernel: no stale lock files to clean up.
-  """
-
-  def __init__(self, run_dir: pathlib.Path):
-    self.path = pathlib.Path(run_dir) / LOCK_NAME
-    self._fd: int | None = None
-
-  def acquire(self) -> bool:
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      os.close(fd)
-      return False
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    self._fd = fd
-    return True
-
-  def release(self) -> None:
-    if self._fd is not None:
-      fcntl.flock(self._fd, fcntl.LOCK_UN)
-      os.close(self._fd)
-      self._fd = None
+RunLock = run_lib.RunLock
 
 
-def is_done(run_dir: pathlib.Path) -> bool:
-  return (run_dir / RESULTS_NAME).exists()
+def expected_identity(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The identity a finished run of this per-run config has (ftjax.run), or None
+  where it cannot be known yet (data not prepared, weights missing: the run
+  itself then fails with the fix)."""
+  try:
+    _, builder = prepared_builder(config, registry.get_arch(config.arch))
+    return run_lib.run_identity(config, builder)
+  except (data.DataError, OSError, ValueError):
+    return None
+
+
+def is_done(run_dir: pathlib.Path, identity: dict[str, Any] | None = None) -> bool:
+  """results.json of a run with this identity (any finished run if identity is None)."""
+  if identity is None:
+    return (run_dir / RESULTS_NAME).exists()
+  return run_lib.RunDir(run_dir).is_finished(identity)
 
 
 def failed_attempts(run_dir: pathlib.Path) -> int:
@@ -172,10 +160,13 @@ def diverged_error(run_dir: pathlib.Path) -> str:
     return "training diverged"
 
 
-def status(run_dir: pathlib.Path) -> str:
-  """done | running (locked by a process) | diverged | failed | partial | pending."""
-  if is_done(run_dir):
+def status(run_dir: pathlib.Path, identity: dict[str, Any] | None = None) -> str:
+  """done | other (holds a run of another identity) | running (locked by a process) |
+  diverged | failed | partial | pending."""
+  if is_done(run_dir, identity):
     return "done"
+  if identity is not None and run_lib.RunDir(run_dir).mismatch(identity):
+    return "other"
   if (run_dir / LOCK_NAME).exists():
     lock = RunLock(run_dir)
     if not lock.acquire():
@@ -201,7 +192,7 @@ def run_in_process(spec: RunSpec, config: ml_collections.ConfigDict, run_dir: pa
   del spec, device
   from ftjax import train  # pylint: disable=import-outside-toplevel
   try:
-    results = train.train_and_evaluate(config, run_dir)
+    results = train.train_and_evaluate(config, run_dir, lock_held=True)
   except train.TrainingDivergedError as error:
     raise RunDiverged(str(error)) from error
   if results is None:
@@ -219,6 +210,7 @@ def run_in_subprocess(spec: RunSpec, config: ml_collections.ConfigDict,
   config_path = run_dir / RUN_CONFIG_NAME
   config_path.write_text(config.to_json_best_effort(indent=2) + "\n")
   env = dict(os.environ)
+  env[LOCK_HELD_ENV] = str(run_dir.absolute())  # the sweep holds the run's lock
   if device is not None:
     env["CUDA_VISIBLE_DEVICES"] = device
   argv = [*command,
@@ -278,8 +270,10 @@ class _Queue:
   """Hands out runs that are unfinished, not to be skipped, and lockable; thread-safe."""
 
   def __init__(self, specs: list[RunSpec], workdir: pathlib.Path, summary: SweepSummary,
-               bar: tqdm.tqdm, retry_diverged: bool, retry_failed: bool, max_attempts: int):
+               bar: tqdm.tqdm, retry_diverged: bool, retry_failed: bool, max_attempts: int,
+               identities: dict[RunSpec, dict[str, Any] | None]):
     self.pending = list(specs)
+    self.identities = identities
     self.workdir, self.summary, self.bar = workdir, summary, bar
     self.retry_diverged, self.retry_failed = retry_diverged, retry_failed
     self.max_attempts = max_attempts
@@ -290,13 +284,13 @@ class _Queue:
     with self.mutex:
       for spec in list(self.pending):
         run_dir = spec.directory(self.workdir)
-        if is_done(run_dir):
+        if is_done(run_dir, self.identities[spec]):
           self._finished_elsewhere(spec)
           continue
         lock = RunLock(run_dir)
         if not lock.acquire():
           continue
-        if is_done(run_dir):  # finished between the check and the lock
+        if is_done(run_dir, self.identities[spec]):  # finished between check and lock
           lock.release()
           self._finished_elsewhere(spec)
           continue
@@ -346,7 +340,10 @@ def run_sweep(sweep_config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
   workdir = pathlib.Path(workdir)
   specs = list(grid(sweep_config) if specs is None else specs)
   summary = SweepSummary(total=len(specs))
-  summary.already_done = [s for s in specs if is_done(s.directory(workdir))]
+  # A finished run counts only with the identity this sweep would give it: one of
+  # another config is run (and refused by train, naming the fields), never counted.
+  identities = {s: expected_identity(s.config(sweep_config.base)) for s in specs}
+  summary.already_done = [s for s in specs if is_done(s.directory(workdir), identities[s])]
   if runner is None:
     runner = run_in_subprocess if devices > 1 else run_in_process
   device_ids = _device_ids(devices)
@@ -354,7 +351,7 @@ def run_sweep(sweep_config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
   bar = tqdm.tqdm(total=len(specs), initial=len(summary.already_done), unit="run",
                   desc="sweep", disable=not progress, dynamic_ncols=True)
   queue = _Queue([s for s in specs if s not in summary.already_done], workdir, summary, bar,
-                 retry_diverged, retry_failed, max_attempts)
+                 retry_diverged, retry_failed, max_attempts, identities)
   record = threading.Lock()
 
   def worker(device: str | None) -> None:
@@ -442,12 +439,14 @@ def count_devices() -> int:
     return 1
 
 
-def describe(specs: Sequence[RunSpec], workdir: str | pathlib.Path) -> str:
+def describe(specs: Sequence[RunSpec], workdir: str | pathlib.Path,
+             base: ml_collections.ConfigDict | None = None) -> str:
   """One line per run with its status, and the counts (for --dry_run)."""
   counts: dict[str, int] = {}
   lines = []
   for spec in specs:
-    state = status(spec.directory(workdir))
+    identity = None if base is None else expected_identity(spec.config(base))
+    state = status(spec.directory(workdir), identity)
     counts[state] = counts.get(state, 0) + 1
     lines.append(f"{state:8s} {spec.name}")
   lines.append(f"{len(specs)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
@@ -501,7 +500,7 @@ def main(argv) -> None:
   except ValueError as error:
     raise app.UsageError(str(error))
   if f.dry_run:
-    print(describe(specs, f.workdir))
+    print(describe(specs, f.workdir, f.config.base))
     return
   devices = f.devices if f.devices > 0 else count_devices()
   print(f"{len(specs)} runs in {f.workdir} on {devices} device(s) "

@@ -31,7 +31,9 @@ import numpy as np
 import tqdm
 
 from ftjax import checkpoints, cli_flags, distributed, evaluation, features, metrics, step
-from ftjax.data import DataError, get_dataset, pipeline
+from ftjax import run as run_lib
+from ftjax.data import DataError, pipeline
+from ftjax.data.prepared import dataset_options, prepared_builder
 from ftjax.models import init_variables, load_pretrained, registry
 from ftjax.strategies import get_strategy
 from ftjax.logging_utils import MetricWriter
@@ -45,51 +47,8 @@ class TrainingDivergedError(FloatingPointError):
 
 
 def default_workdir(config: ml_collections.ConfigDict) -> str:
-  return (f"runs/{config.dataset}/{config.arch}/{config.strategy}/"
-          f"lr{config.lr:g}/seed{config.seed}")
-
-
-def dataset_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The dataset options the config sets (unset ones keep the dataset's default)."""
-  return {k: v for k, v in config.dataset_options.to_dict().items() if v is not None}
-
-
-def prepared_builder(config: ml_collections.ConfigDict, arch: registry.Arch):
-  """The dataset's builder, prepared (synthetic data is generated on first use)."""
-  info = get_dataset(config.dataset)
-  resize = config.resize or arch.preprocessing.resize
-  options = dataset_options(config)
-  unknown = sorted(set(options) - set(info.option_defaults()))
-  if unknown:
-    raise ValueError(
-        f"config.dataset_options sets {unknown}, which {info.name} does not have; "
-        f"its options: {sorted(info.option_defaults()) or 'none'}.")
-  builder = info.create(config.data_dir, resize=resize, **options)
-  if not builder.data_path.exists():
-    if info.name.startswith("synthetic"):
-      # Several processes: the first generates, the others wait for it; a host that
-      # does not share its disk then generates its own copy (generation is seeded).
-      if jax.process_index() == 0:
-        builder.download_and_prepare()
-      distributed.barrier("synthetic dataset prepared")
-      builder = info.create(config.data_dir, resize=resize, **options)
-      if not builder.data_path.exists():
-        builder.download_and_prepare()
-    else:
-      # Prepared with other options or another resize: the config names say which.
-      others = sorted(p.parent.name for p in
-                      (pathlib.Path(config.data_dir) / builder.name).glob(f"*/{builder.version}"))
-      found = (f" Prepared there with other settings: {', '.join(others)} (set "
-               f"config.resize / config.dataset_options to use one)." if others else "")
-      raise DataError(
-          f"{info.name} is not prepared in {pathlib.Path(config.data_dir).absolute()} "
-          f"(config {builder.builder_config.name}).{found} "
-          f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS} "
-          f"Then prepare it once: python -m ftjax.data prepare --dataset {info.name} "
-          f"--manual_dir <the downloaded folder> --data_dir {config.data_dir} "
-          f"--resize {resize}"
-          + "".join(f" --option {k}={v}" for k, v in sorted(options.items())))
-  return info, builder
+  return "runs/" + run_lib.relative_path(config.dataset, config.arch, config.strategy,
+                                         config.lr, config.seed)
 
 
 def initial_variables(config, arch: registry.Arch, num_classes: int):
@@ -126,33 +85,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   Monitor(config.early_stopping_metric)  # refuses an unknown metric
 
 
-def check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-  """A workdir holds one run: refuse to resume it under another config."""
-  path = workdir / "config.json"
-  current = json.loads(config.to_json_best_effort())
-  current["dataset_options"] = dataset_options(config)
-  if path.exists():
-    saved = json.loads(path.read_text())
-    saved["dataset_options"] = {k: v for k, v in saved.get("dataset_options", {}).items()
-                                if v is not None}
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)
-                     and k not in ("progress", "num_workers", "prefetch", "cache_features"))
-    if changed:
-      diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-      raise ValueError(f"{path}: this workdir holds a run with another config ({diffs}). "
-                       f"Use another --workdir, or delete this one to start over.")
-  elif jax.process_index() == 0:
-    _write_atomic(path, json.dumps(current, indent=2) + "\n")
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes via a temporary file and a rename, so a kill never leaves half a file."""
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+def claim_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                  fields: dict[str, Any], *, overwrite: bool = False) -> run_lib.RunDir:
+  """A workdir holds one run: refuse another identity (or move it aside), then
+  record this run's config and identity (process 0)."""
+  run = run_lib.RunDir(workdir)
+  aside = run.claim(fields, overwrite=overwrite)
+  if aside is not None:
+    print(f"{workdir}: the run there had another identity; moved it to {aside}.")
+  if jax.process_index() == 0 and not run.matches(fields):
+    check_workdir_writable(workdir)
+    current = json.loads(config.to_json_best_effort())
+    current["dataset_options"] = dataset_options(config)
+    run.write_identity(current, fields)
+  return run
 
 
 _WORKDIR_FIXES = {
@@ -204,7 +150,7 @@ def trim_jsonl(path: pathlib.Path, epochs_done: int) -> None:
       continue
   text = "".join(line + "\n" for line in kept)
   if text != path.read_text():
-    _write_atomic(path, text)
+    run_lib.write_atomic(path, text)
 
 
 def check_finite(losses: np.ndarray, *, epoch: int, first_step: int,
@@ -279,34 +225,55 @@ def train_batch(batch: dict[str, np.ndarray], multilabel: bool) -> dict[str, Any
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                       max_epochs_this_call: int | None = None) -> dict[str, Any] | None:
+                       max_epochs_this_call: int | None = None, overwrite: bool = False,
+                       lock_held: bool = False) -> dict[str, Any] | None:
   """Runs (or resumes) one run; returns results.json's content, or None if the
   call stopped after `max_epochs_this_call` epochs with the run unfinished
-  (a time slice of a preemptible job: rerun to continue)."""
+  (a time slice of a preemptible job: rerun to continue).
+
+  Everything is validated before anything is written. A workdir holding a run
+  of another identity is refused (overwrite=True moves it aside). The run's
+  lock is taken unless the caller holds it (lock_held: a sweep).
+  """
   # Before any other JAX call: jax.distributed must start before the backend does.
   distributed.initialize(config)
   workdir = pathlib.Path(workdir)
-  results_path = workdir / "results.json"
-  if results_path.exists():
-    print(f"{workdir}: this run has finished; results in {results_path}.")
-    return json.loads(results_path.read_text())
   check_config(config)
-  check_workdir_writable(workdir)
   parallel = distributed.DataParallel()
   parallel.check_divisible(config.batch_size, "config.batch_size")
   parallel.check_divisible(config.eval_batch_size, "config.eval_batch_size")
-  check_workdir_config(workdir, config)
-  is_main = jax.process_index() == 0
-
   arch = registry.get_arch(config.arch)
   strategy = get_strategy(config.strategy, arch,
                           {**config.strategy_options.to_dict(), "lr": config.lr})
+  if config.cache_features:
+    features.check_supported(arch, strategy,
+                             compute_dtype=COMPUTE_DTYPES[config.compute_dtype])
   info, builder = prepared_builder(config, arch)
+  sources = {split: builder.as_data_source(split) for split in ("train", "validation", "test")}
+  steps_per_epoch = train_steps_per_epoch(config, info.name, len(sources["train"]))
+  fields = run_lib.run_identity(config, builder)
+  run = run_lib.RunDir(workdir)
+  if run.is_finished(fields):
+    print(f"{workdir}: this run has finished; results in {run / run.RESULTS}.")
+    return json.loads((run / run.RESULTS).read_text())
+  check_workdir_writable(workdir)
+  lock = None if lock_held or jax.process_count() > 1 else run.lock()
+  try:
+    claim_workdir(workdir, config, fields, overwrite=overwrite)
+    return _train(config, workdir, parallel, arch, strategy, info, builder, sources,
+                  steps_per_epoch, max_epochs_this_call)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config, workdir, parallel, arch, strategy, info, builder, sources,
+           steps_per_epoch, max_epochs_this_call):
+  is_main = jax.process_index() == 0
   loss_name = "sigmoid" if info.multilabel else "softmax"
   compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
   model = arch.build(info.num_classes)
   monitor = Monitor(config.early_stopping_metric)
-  sources = {split: builder.as_data_source(split) for split in ("train", "validation", "test")}
   eval_kwargs = dict(multilabel=info.multilabel, class_names=info.class_names,
                      batch_size=config.eval_batch_size, crop=config.crop,
                      num_workers=config.num_workers, parallel=parallel)
@@ -324,7 +291,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   writer = MetricWriter(workdir)
   # Independent streams: dropout per global step, Auto-RGN probe per epoch.
   step_rng, probe_rng = jax.random.split(jax.random.key(config.seed))
-  steps_per_epoch = train_steps_per_epoch(config, info.name, len(sources["train"]))
   cached = _cached_features(config, workdir, model, arch, strategy, info, builder, sources,
                             state, loss_name, parallel)
   train_steps: dict[int, Any] = {}  # phase index -> compiled step (one compile per phase)
@@ -458,7 +424,7 @@ def finish_run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, info
   }
   results_path = workdir / "results.json"
   if jax.process_index() == 0:
-    _write_atomic(results_path, json.dumps(results, indent=2) + "\n")
+    run_lib.write_atomic(results_path, json.dumps(results, indent=2) + "\n")
   main = ", ".join(f"{m} {test[m]:.4f}" for m in info.main_metrics)
   print(f"{info.name} {arch.name} {strategy_name} lr={config.lr:g} seed={config.seed}: "
         f"best epoch {best_epoch + 1} of {loop['epoch']}"
@@ -521,16 +487,33 @@ def run_cli(argv, example: str, run: Callable[[ml_collections.ConfigDict], Any])
   config = flags.FLAGS.config
   if config is None:
     raise app.UsageError(f"--config is required, e.g. --config {example}")
+  verbose = os.environ.get("FTJAX_VERBOSE") == "1"  # tracebacks for bug reports
   try:
     return run(config)
   except (DataError, FileNotFoundError, ValueError, TrainingDivergedError) as error:
+    if verbose:
+      raise
     print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+  except OSError as error:
+    # Disk full, read-only or vanished workdir in the middle of a run: the last
+    # good checkpoint is intact (saves are atomic), so rerunning resumes.
+    if verbose or error.errno not in _WORKDIR_FIXES:
+      raise
+    print(f"error: {error.filename or 'the workdir'}: {os.strerror(error.errno)}; "
+          f"{_WORKDIR_FIXES[error.errno]}. The last good checkpoint is kept: rerun the "
+          f"same command to resume.", file=sys.stderr)
     sys.exit(1)
 
 
 def main(argv) -> None:
-  run_cli(argv, "configs/isic_lp.py", lambda config: train_and_evaluate(
-      config, flags.FLAGS.workdir or default_workdir(config)))
+  def run(config):
+    workdir = pathlib.Path(flags.FLAGS.workdir or default_workdir(config))
+    # A sweep that starts this command holds the run's lock for it.
+    held = os.environ.get("FTJAX_RUN_LOCK_HELD") == str(workdir.absolute())
+    return train_and_evaluate(config, workdir, overwrite=flags.FLAGS.overwrite,
+                              lock_held=held)
+  run_cli(argv, "configs/isic_lp.py", run)
 
 
 if __name__ == "__main__":
@@ -540,4 +523,6 @@ if __name__ == "__main__":
                                   "fields with --config.FIELD=VALUE.")
   flags.DEFINE_string("workdir", None, "run directory (default: runs/<dataset>/<arch>/"
                       "<strategy>/lr<lr>/seed<seed>)")
+  flags.DEFINE_boolean("overwrite", False, "if the workdir holds a run of another identity, "
+                       "move it aside to <workdir>.old-<n> (never deleted) and start anew")
   app.run(main, flags_parser=cli_flags.parse)

@@ -10,6 +10,7 @@ from ml_collections import config_flags
 import pytest
 
 from configs import base, sweep_paper
+from ftjax import run as run_lib
 from ftjax import sweep, train
 from ftjax.data import DataError
 from ftjax.models import registry
@@ -119,12 +120,17 @@ def test_sweep_gives_each_dataset_the_options_it_has():
                      "bach": {"test_fraction": 0.3}, "cholect50": {}}
 
 
-def test_workdir_check_ignores_unset_options_but_not_set_ones(tmp_path):
+def test_run_identity_ignores_unset_options_but_not_set_ones(tmp_path):
   config = base.get_config("chexpert,ft")
   saved = json.loads(config.to_json_best_effort())
   saved["dataset_options"] = {}  # as written before options had placeholders
-  (tmp_path / "config.json").write_text(json.dumps(saved))
-  train.check_workdir_config(tmp_path, config)  # same run: accepted
+
+  def fields(c):
+    return run_lib.identity_fields(c, data_fingerprint="d", weights_fingerprint="w")
+
+  run = run_lib.RunDir(tmp_path)
+  run.write_identity(saved, fields(saved))
+  run.claim(fields(json.loads(config.to_json_best_effort())))  # same run: accepted
   config.dataset_options.unit = "image"
-  with pytest.raises(ValueError, match="dataset_options"):
-    train.check_workdir_config(tmp_path, config)
+  with pytest.raises(run_lib.RunMismatch, match=r"dataset_options.unit: None -> 'image'"):
+    run.claim(fields(json.loads(config.to_json_best_effort())))

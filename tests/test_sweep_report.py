@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from configs import sweep_demo, sweep_paper
+from ftjax import run as run_lib
 from ftjax import paper_results, report, sweep
 from ftjax.report import compare, tables
 
@@ -58,10 +59,16 @@ def _overrides(config) -> list[str]:
 
 
 def write_result(root, spec: sweep.RunSpec, validation: dict, test: dict,
-                 main_metrics=("accuracy", "auroc")) -> pathlib.Path:
-  """A results.json as train_and_evaluate writes it, with chosen metric values."""
+                 main_metrics=("accuracy", "auroc"), identity: dict | None = None
+                 ) -> pathlib.Path:
+  """A results.json and identity.json as train_and_evaluate writes them, with
+  chosen metric values (identity: the run's fields; by default only its place's)."""
   run_dir = spec.directory(root)
   run_dir.mkdir(parents=True, exist_ok=True)
+  identity = identity or {"dataset": spec.dataset, "arch": spec.arch,
+                          "strategy": spec.strategy, "lr": spec.lr, "seed": spec.seed}
+  (run_dir / "identity.json").write_text(json.dumps(
+      {"hash": run_lib.identity_hash(identity), "fields": identity}))
   fill = lambda d: {**{m: 0.5 for m in METRICS}, **d, "count": 10}
   (run_dir / "results.json").write_text(json.dumps({
       "dataset": spec.dataset, "arch": spec.arch, "strategy": spec.strategy,
@@ -85,7 +92,8 @@ def fake_runner(log: pathlib.Path | None = None, seconds: float = 0.0, fail=()):
     time.sleep(seconds)
     if spec.name in fail:
       raise RuntimeError(f"injected failure in {spec.name}")
-    write_result(run_dir.parents[4], spec, {"accuracy": 0.5}, {"accuracy": 0.5})
+    write_result(run_dir.parents[4], spec, {"accuracy": 0.5}, {"accuracy": 0.5},
+                 identity=sweep.expected_identity(config))
   return run
 
 
@@ -200,9 +208,12 @@ def test_run_locked_by_another_process_is_waited_for_not_rerun(tmp_path):
   held = sweep.grid(config)[0]
   held_dir = held.directory(workdir)
   held_dir.mkdir(parents=True)
+  identity = sweep.expected_identity(held.config(config.base))
+  identity_text = json.dumps({"hash": run_lib.identity_hash(identity), "fields": identity})
   code = (f"import fcntl, os, time, json, sys\n"
           f"fd = os.open({str(held_dir / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
           f"fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(1.5)\n"
+          f"open({str(held_dir / 'identity.json')!r}, 'w').write({identity_text!r})\n"
           f"open({str(held_dir / 'results.json')!r}, 'w').write('{{}}')\n")
   child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
   assert child.stdout.readline().strip() == "locked"
@@ -405,6 +416,11 @@ if config["strategy"] == "lp" and config["seed"] == 1:
 accuracy = 0.6 if config["lr"] == 1e-4 else 0.9  # 1e-3 looks better on validation
 split = lambda: {"loss": 0.5, "map": 0.5, "accuracy": accuracy, "auroc": 0.5, "kappa": 0.5,
                  "f1": 0.5, "count": 10}
+import ml_collections
+from ftjax import run, sweep
+identity = sweep.expected_identity(ml_collections.ConfigDict(config))
+(workdir / "identity.json").write_text(json.dumps(
+    {"hash": run.identity_hash(identity), "fields": identity}))  # as ftjax.train does
 (workdir / "results.json").write_text(json.dumps({
     "dataset": config["dataset"], "arch": config["arch"], "strategy": config["strategy"],
     "lr": config["lr"], "seed": config["seed"], "main_metrics": ["accuracy", "auroc"],
@@ -508,7 +524,7 @@ def test_other_failures_are_retried_a_bounded_number_of_times(tmp_path):
 def test_in_process_divergence_is_recognised(tmp_path, monkeypatch):
   from ftjax import train  # pylint: disable=import-outside-toplevel
 
-  def diverge(config, workdir):
+  def diverge(config, workdir, **kwargs):
     raise train.TrainingDivergedError("training loss is inf at epoch 1/1, step 1")
   monkeypatch.setattr(train, "train_and_evaluate", diverge)
   config = tiny_sweep_config(tmp_path / "data", strategies=("ft",), lrs=(1e-3,), seeds=(0,))

@@ -115,7 +115,7 @@ def test_evaluate_reproduces_test_metrics(data_dir, tmp_path):
 def test_workdir_with_other_config_is_refused(data_dir, tmp_path):
   train.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=1), tmp_path,
                            max_epochs_this_call=0)
-  with pytest.raises(ValueError, match=r"another config \(lr: 0\.001 -> 0\.01\)"):
+  with pytest.raises(ValueError, match=r"another identity \(lr: 0\.001 -> 0\.01\)"):
     train.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=1, lr=0.01), tmp_path)
 
 

@@ -22,6 +22,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ftjax import run as run_lib
+
 # dataset -> arch -> strategy -> metric -> (mean, standard error), in percent.
 Cells = dict[str, dict[str, dict[str, dict[str, tuple[float, float]]]]]
 Key = tuple[str, str, str]  # (dataset, arch, strategy)
@@ -45,15 +47,56 @@ class Record:
     return (self.dataset, self.arch, self.strategy)
 
 
-def load_results(workdir: str | pathlib.Path) -> list[Record]:
-  """Every results.json under `workdir`, sorted by (dataset, arch, strategy, lr, seed)."""
+def load_results(workdir: str | pathlib.Path,
+                 ignored: dict[str, str] | None = None) -> list[Record]:
+  """The finished runs under `workdir`, sorted by (dataset, arch, strategy, lr, seed).
+
+  Only run directories of the sweep layout (ftjax.run.relative_path) count,
+  and only those whose identity.json is intact and names the run of its
+  place. Every other results.json (a stray copy, a run moved into another
+  cell, one without identity) goes into `ignored`: its path -> why.
+  """
+  root = pathlib.Path(workdir)
+  ignored = {} if ignored is None else ignored
   records = []
-  for path in sorted(pathlib.Path(workdir).rglob("results.json")):
-    r = json.loads(path.read_text())
-    records.append(Record(r["dataset"], r["arch"], r["strategy"], float(r["lr"]),
-                          int(r["seed"]), tuple(r["main_metrics"]), r["validation"],
-                          r["test"], path.parent))
+  for path in sorted(root.rglob(run_lib.RunDir.RESULTS)):
+    where = path.parent.relative_to(root).as_posix()
+    why = _why_not_counted(root, path.parent)
+    if why is not None:
+      ignored[where] = why
+      continue
+    try:
+      r = json.loads(path.read_text())
+      record = Record(r["dataset"], r["arch"], r["strategy"], float(r["lr"]),
+                      int(r["seed"]), tuple(r["main_metrics"]), r["validation"],
+                      r["test"], path.parent)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+      ignored[where] = f"results.json is unreadable ({type(error).__name__}: {error})"
+      continue
+    if run_lib.relative_path(record.dataset, record.arch, record.strategy, record.lr,
+                             record.seed) != where:
+      ignored[where] = "results.json names another run than its place"
+      continue
+    records.append(record)
   return sorted(records, key=lambda r: (r.key, r.lr, r.seed))
+
+
+def _why_not_counted(root: pathlib.Path, run_dir: pathlib.Path) -> str | None:
+  place = run_lib.parse_relative_path(run_dir.relative_to(root).as_posix())
+  if place is None:
+    return "not a run directory of the layout <dataset>/<arch>/<strategy>/lr<lr>/seed<seed>"
+  saved = run_lib.RunDir(run_dir).saved_identity()
+  if saved is None:
+    return "no identity.json (not written by this ftjax's train)"
+  if not saved or saved.get("hash") != run_lib.identity_hash(saved["fields"]):
+    return "identity.json is damaged (its hash does not match its fields)"
+  fields = saved["fields"]
+  named = {k: fields.get(k) for k in place}
+  if named.get("lr") is not None:
+    named["lr"] = float(named["lr"])
+  if named != place:
+    return f"its identity is another run's ({run_lib.relative_path(**named) if None not in named.values() else named})"
+  return None
 
 
 def load_diverged(workdir: str | pathlib.Path) -> dict[str, str]:
@@ -128,6 +171,7 @@ class Study:
   main_metrics: dict[str, tuple[str, ...]]  # dataset -> its two metrics
   records: list[Record]
   diverged: dict[str, str] = dataclasses.field(default_factory=dict)  # run -> error
+  ignored: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> why
 
   @property
   def datasets(self) -> list[str]:
@@ -155,8 +199,10 @@ def summarize(records: list[Record], split: str = "test") -> Study:
 
 
 def study(workdir: str | pathlib.Path) -> Study:
-  result = summarize(load_results(workdir))
+  ignored: dict[str, str] = {}
+  result = summarize(load_results(workdir, ignored))
   result.diverged = load_diverged(workdir)
+  result.ignored = ignored
   return result
 
 
@@ -169,4 +215,5 @@ def as_json(s: Study) -> dict[str, Any]:
                         for k, v in s.selections.items()},
       "seeds": {"/".join(k): v for k, v in s.seeds.items()},
       "diverged": s.diverged,
+      "ignored": s.ignored,
   }

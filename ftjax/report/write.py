@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import pathlib
+import sys
 
 from ftjax import paper_results
 from ftjax.report import collect, compare, figures, tables
@@ -86,9 +87,11 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   out = pathlib.Path(out)
   (out / "tables").mkdir(parents=True, exist_ok=True)
   study = collect.study(workdir)
+  for where, why in study.ignored.items():
+    print(f"report: ignored {pathlib.Path(workdir) / where}: {why}", file=sys.stderr)
   if not study.records:
-    raise FileNotFoundError(f"No results.json under {workdir}: run the sweep first "
-                            f"(python -m ftjax.sweep --workdir {workdir}).")
+    raise FileNotFoundError(f"No results.json of a run directory under {workdir}: run the "
+                            f"sweep first (python -m ftjax.sweep --workdir {workdir}).")
   sections = build_tables(study)
   for section in sections.values():
     for table in section:
@@ -121,6 +124,10 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
     header += (f"\n## Diverged runs\n\n{len(study.diverged)} run(s) stopped on a NaN or "
                f"infinite loss and are in no cell (their learning rate has fewer seeds):\n\n"
                + "".join(f"- `{run}`: {error}\n" for run, error in study.diverged.items()))
+  if study.ignored:
+    header += (f"\n## Ignored\n\n{len(study.ignored)} results.json file(s) under the workdir "
+               f"are not counted:\n\n"
+               + "".join(f"- `{where}`: {why}\n" for where, why in study.ignored.items()))
   md = [header]
   for title, section in sections.items():
     md.append(f"## {title}\n\n" + "\n".join(t.markdown() for t in section))

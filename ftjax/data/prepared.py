@@ -1,0 +1,57 @@
+"""A run's prepared dataset: its builder from the config (synthetic data is
+generated on first use), and the dataset options the config sets."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from ftjax import distributed
+from ftjax.data import DataError, get_dataset
+from ftjax.models import registry
+
+
+def dataset_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The dataset options the config sets (unset ones keep the dataset's default)."""
+  return {k: v for k, v in config.dataset_options.to_dict().items() if v is not None}
+
+
+def prepared_builder(config: ml_collections.ConfigDict, arch: registry.Arch):
+  """The dataset's builder, prepared (synthetic data is generated on first use)."""
+  info = get_dataset(config.dataset)
+  resize = config.resize or arch.preprocessing.resize
+  options = dataset_options(config)
+  unknown = sorted(set(options) - set(info.option_defaults()))
+  if unknown:
+    raise ValueError(
+        f"config.dataset_options sets {unknown}, which {info.name} does not have; "
+        f"its options: {sorted(info.option_defaults()) or 'none'}.")
+  builder = info.create(config.data_dir, resize=resize, **options)
+  if not builder.data_path.exists():
+    if info.name.startswith("synthetic"):
+      # Several processes: the first generates, the others wait for it; a host that
+      # does not share its disk then generates its own copy (generation is seeded).
+      if jax.process_index() == 0:
+        builder.download_and_prepare()
+      distributed.barrier("synthetic dataset prepared")
+      builder = info.create(config.data_dir, resize=resize, **options)
+      if not builder.data_path.exists():
+        builder.download_and_prepare()
+    else:
+      # Prepared with other options or another resize: the config names say which.
+      others = sorted(p.parent.name for p in
+                      (pathlib.Path(config.data_dir) / builder.name).glob(f"*/{builder.version}"))
+      found = (f" Prepared there with other settings: {', '.join(others)} (set "
+               f"config.resize / config.dataset_options to use one)." if others else "")
+      raise DataError(
+          f"{info.name} is not prepared in {pathlib.Path(config.data_dir).absolute()} "
+          f"(config {builder.builder_config.name}).{found} "
+          f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS} "
+          f"Then prepare it once: python -m ftjax.data prepare --dataset {info.name} "
+          f"--manual_dir <the downloaded folder> --data_dir {config.data_dir} "
+          f"--resize {resize}"
+          + "".join(f" --option {k}={v}" for k, v in sorted(options.items())))
+  return info, builder

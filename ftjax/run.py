@@ -1,0 +1,251 @@
+"""One run's directory: what a run keeps on disk, and the identity of its result.
+
+  <workdir>/config.json     the full config of the run
+  <workdir>/identity.json   every field that can change the result, and its hash
+  <workdir>/metrics.jsonl   one line per epoch (rgn.jsonl: Auto-RGN's weights)
+  <workdir>/checkpoints/    latest and best (ftjax.checkpoints)
+  <workdir>/results.json    written once, when the run has finished
+  <workdir>/lock            flock held by the process training the run
+
+A study's runs live at `<dataset>/<arch>/<strategy>/lr<lr>/seed<seed>` under
+its workdir (`relative_path`, the one place that layout is spelled). A run is
+identified by the hash of `identity_fields`: the config less the fields that
+cannot change the result (RUNTIME_FIELDS), plus fingerprints of the prepared
+data and of the converted weights. A directory holding a run of another
+identity is never resumed, reused or counted: `claim` refuses it naming the
+differing fields, or with overwrite=True moves it aside (never deletes it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import re
+from typing import Any
+
+# How a run shows progress or where it finds its inputs: not what it computes.
+# (The prepared data and the weights enter the identity by fingerprint.)
+RUNTIME_FIELDS = frozenset({"progress", "prefetch", "data_dir", "weights_dir"})
+IDENTITY_VERSION = 1
+LAYOUT = re.compile(r"^(?P<dataset>[^/]+)/(?P<arch>[^/]+)/(?P<strategy>[^/]+)/"
+                    r"lr(?P<lr>[^/]+)/seed(?P<seed>-?\d+)$")
+
+
+class RunMismatch(ValueError):
+  """The directory holds a run of another identity."""
+
+
+class RunLocked(ValueError):
+  """Another process is training this run."""
+
+
+def relative_path(dataset: str, arch: str, strategy: str, lr: float, seed: int) -> str:
+  """The sweep layout: `<dataset>/<arch>/<strategy>/lr<lr>/seed<seed>`."""
+  return f"{dataset}/{arch}/{strategy}/lr{float(lr):g}/seed{int(seed)}"
+
+
+def parse_relative_path(path: str) -> dict[str, Any] | None:
+  """The inverse of `relative_path`, or None for a path outside the layout."""
+  m = LAYOUT.match(path)
+  if m is None:
+    return None
+  try:
+    lr = float(m["lr"])
+  except ValueError:
+    return None
+  fields = {"dataset": m["dataset"], "arch": m["arch"], "strategy": m["strategy"],
+            "lr": lr, "seed": int(m["seed"])}
+  return fields if relative_path(**fields) == path else None
+
+
+def file_fingerprint(path: pathlib.Path) -> str:
+  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def identity_fields(config: dict[str, Any], *, data_fingerprint: str,
+                    weights_fingerprint: str | None) -> dict[str, Any]:
+  """Every value that can change the run's result, as plain JSON.
+
+  num_workers is one: each grain worker batches its own share, so the worker
+  count changes the batch order. Unset dataset options are dropped (they keep
+  the dataset's default either way).
+  """
+  fields = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
+  fields["dataset_options"] = {k: v for k, v in
+                               dict(fields.get("dataset_options") or {}).items()
+                               if v is not None}
+  fields["data_fingerprint"] = data_fingerprint
+  fields["weights_fingerprint"] = weights_fingerprint
+  fields["identity_version"] = IDENTITY_VERSION
+  return json.loads(json.dumps(fields, sort_keys=True))
+
+
+def identity_hash(fields: dict[str, Any]) -> str:
+  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+  """'field: old -> new' for each differing (nested) field."""
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += differences(a, b, f"{prefix}{key}.")
+    elif a != b:
+      out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+  return out
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes via a temporary file and a rename, so a kill never leaves half a file."""
+  tmp = path.with_name(f".{path.name}.tmp")
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+class RunLock:
+  """A non-blocking exclusive flock on <run>/lock; `acquire` says if it got it.
+
+  flock locks belong to the open file, so two processes (or two RunLock objects
+  in one process) exclude each other, and a dead process's lock is released by
+  the kernel: no stale lock files to clean up.
+  """
+
+  def __init__(self, run_dir: pathlib.Path):
+    self.path = pathlib.Path(run_dir) / RunDir.LOCK
+    self._fd: int | None = None
+
+  def acquire(self) -> bool:
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      return False
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    self._fd = fd
+    return True
+
+  def holder(self) -> str:
+    try:
+      return self.path.read_text().strip() or "?"
+    except OSError:
+      return "?"
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
+
+
+class RunDir:
+  """Everything on disk for one run."""
+
+  CONFIG, IDENTITY, RESULTS, LOCK = "config.json", "identity.json", "results.json", "lock"
+  METRICS, RGN = "metrics.jsonl", "rgn.jsonl"
+
+  def __init__(self, path: str | pathlib.Path):
+    self.path = pathlib.Path(path)
+
+  def __truediv__(self, name: str) -> pathlib.Path:
+    return self.path / name
+
+  @property
+  def checkpoints(self) -> pathlib.Path:
+    return self.path / "checkpoints"
+
+  def saved_identity(self) -> dict[str, Any] | None:
+    """identity.json's {'hash', 'fields'}; None if absent; {} if unreadable."""
+    path = self.path / self.IDENTITY
+    if not path.exists():
+      return None
+    try:
+      saved = json.loads(path.read_text())
+      return saved if isinstance(saved, dict) and isinstance(saved.get("fields"), dict) else {}
+    except (OSError, ValueError):
+      return {}
+
+  def holds_run(self) -> bool:
+    return any((self.path / n).exists() for n in (self.CONFIG, self.IDENTITY, self.RESULTS,
+                                                   "checkpoints"))
+
+  def matches(self, fields: dict[str, Any]) -> bool:
+    saved = self.saved_identity()
+    return bool(saved) and saved.get("hash") == identity_hash(fields) \
+        and saved["fields"] == fields
+
+  def is_finished(self, fields: dict[str, Any]) -> bool:
+    """results.json of a run with exactly this identity."""
+    return (self.path / self.RESULTS).exists() and self.matches(fields)
+
+  def mismatch(self, fields: dict[str, Any]) -> str | None:
+    """Why this directory cannot hold a run with `fields`, or None if it can."""
+    if not self.holds_run():
+      return None
+    saved = self.saved_identity()
+    if saved is None:
+      return "it holds a run without identity.json (another run, or an older ftjax)"
+    if not saved:
+      return f"its {self.IDENTITY} is unreadable"
+    if self.matches(fields):
+      return None
+    diffs = differences(saved["fields"], fields)
+    return ("it holds a run with another identity ("
+            + ("; ".join(diffs) if diffs else "hash differs") + ")")
+
+  def claim(self, fields: dict[str, Any], *, overwrite: bool = False) -> pathlib.Path | None:
+    """Makes this directory the run's: refuses another identity, or moves it aside.
+
+    Returns where an old run was moved, or None.
+    """
+    why = self.mismatch(fields)
+    if why is None:
+      return None
+    if not overwrite:
+      raise RunMismatch(f"{self.path}: {why}. Use another --workdir, or --overwrite to "
+                        f"move the old run aside (it is kept, not deleted).")
+    return self.set_aside()
+
+  def set_aside(self) -> pathlib.Path:
+    """Renames the directory to <name>.old-<n> (the first free n)."""
+    n = 1
+    while (aside := self.path.with_name(f"{self.path.name}.old-{n}")).exists():
+      n += 1
+    os.replace(self.path, aside)
+    return aside
+
+  def write_identity(self, config: dict[str, Any], fields: dict[str, Any]) -> None:
+    write_atomic(self.path / self.CONFIG, json.dumps(config, indent=2) + "\n")
+    write_atomic(self.path / self.IDENTITY, json.dumps(
+        {"hash": identity_hash(fields), "fields": fields}, indent=2, sort_keys=True) + "\n")
+
+  def lock(self) -> RunLock:
+    """The run's lock, held: RunLocked if another process holds it."""
+    lock = RunLock(self.path)
+    if not lock.acquire():
+      raise RunLocked(f"{self.path}: another process (pid {lock.holder()}) is training this "
+                      f"run; wait for it to finish, or use another --workdir.")
+    return lock
+
+
+def run_identity(config: Any, builder: Any) -> dict[str, Any]:
+  """The identity fields of a run of `config` on the prepared `builder`'s data."""
+  from ftjax.models import pretrained, registry  # pylint: disable=import-outside-toplevel
+  weights = None
+  if config.init == "pretrained":
+    arch = registry.get_arch(config.arch)
+    weights = file_fingerprint(
+        pretrained.resolve_weights_dir(arch, config.weights_dir) / pretrained.MANIFEST)
+  return identity_fields(
+      json.loads(config.to_json_best_effort()),
+      data_fingerprint=file_fingerprint(pathlib.Path(builder.data_path) / "dataset_info.json"),
+      weights_fingerprint=weights)
