@@ -45,7 +45,7 @@ import tqdm
 
 from ftjax import cli_flags, data
 from ftjax import run as run_lib
-from ftjax.data.prepared import prepared_builder
+from ftjax.data.prepared import dataset_options
 from ftjax.models import registry
 
 LOCK_NAME = run_lib.RunDir.LOCK
@@ -130,10 +130,19 @@ def expected_identity(config: ml_collections.ConfigDict) -> dict[str, Any] | Non
   """The identity a finished run of this per-run config has (ftjax.run), or None
   where it cannot be known yet (data not prepared, weights missing: the run
   itself then fails with the fix)."""
+  # No JAX call here: the sweep process must not take the GPUs its runs use.
   try:
-    _, builder = prepared_builder(config, registry.get_arch(config.arch))
+    info, arch = data.get_dataset(config.dataset), registry.get_arch(config.arch)
+    make = lambda: info.create(config.data_dir, resize=config.resize or
+                               arch.preprocessing.resize, **dataset_options(config))
+    builder = make()
+    if not builder.data_path.exists():
+      if not info.name.startswith("synthetic"):
+        return None
+      builder.download_and_prepare()  # seeded: what the run would generate
+      builder = make()
     return run_lib.run_identity(config, builder)
-  except (data.DataError, OSError, ValueError):
+  except (data.DataError, OSError, ValueError, TypeError):
     return None
 
 

@@ -312,3 +312,13 @@ def test_sha256_of(tmp_path: Path) -> None:
   data = np.random.default_rng(0).bytes(3 * (1 << 20) + 123)  # spans several chunks
   path.write_bytes(data)
   assert sha256_of(path) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_total_storage_bytes_are_capped(fmt, tmp_path):
+  # Three storages each under the per-tensor cap, together over the total cap.
+  state = OrderedDict((f"w{i}", torch.zeros(1000)) for i in range(3))  # 4000 bytes each
+  path = _save(state, tmp_path / f"three.{fmt}.pth", fmt)
+  assert set(read_state_dict(path, max_tensor_bytes=5000, max_total_bytes=12000)) == set(state)
+  with pytest.raises(PthFormatError, match=r"w2.*over the cap of .* for all of them"):
+    read_state_dict(path, max_tensor_bytes=5000, max_total_bytes=11999)

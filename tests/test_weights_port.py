@@ -210,3 +210,50 @@ def test_new_head_is_drawn_from_rng_and_backbone_is_kept(resnet18_file, resnet18
       source["layer4.1.conv2.weight"].numpy().transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(a["batch_stats"]["stem"]["bn1"]["var"],
                                 source["bn1.running_var"].numpy())
+
+
+@pytest.mark.parametrize("name,edit,problem", [
+    ("layer1.0.conv1.weight", lambda t: t.index_fill_(0, torch.tensor([3]), float("nan")),
+     "holds 576 NaN or infinite value"),
+    ("fc.bias", lambda t: t.index_fill_(0, torch.tensor([0]), float("inf")),
+     "holds 1 NaN or infinite value"),
+    ("layer2.0.bn1.running_var", lambda t: t.index_fill_(0, torch.tensor([1, 2]), -0.5),
+     "holds 2 negative running variance"),
+    ("conv1.weight", lambda t: t.to(torch.int32), "is int32, where a float tensor belongs"),
+    ("bn1.weight", lambda t: t > 0, "is bool, where a float tensor belongs"),
+])
+def test_unusable_weight_values_are_refused_naming_the_tensor(name, edit, problem, tmp_path,
+                                                              capsys):
+  state = copy.deepcopy(torch_models.random_model("resnet18").state_dict())
+  state[name] = edit(state[name].clone())
+  src = tmp_path / "resnet18-edited.pth"
+  torch.save(state, src)
+  args = ["convert", "--arch", "resnet18", "--src", str(src), "--out", str(tmp_path / "o")]
+  assert cli.main(args) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: resnet18-edited.pth: tensor "
+                                             f"{name} {problem}")
+  assert "--allow-bad-weights" in err[0]
+  assert not (tmp_path / "o" / "manifest.json").exists()
+  if state[name].dtype.is_floating_point:  # converting anyway keeps the values as they are
+    assert cli.main(args + ["--allow-bad-weights"]) == 0
+    variables, _ = pretrained.load_converted("resnet18", tmp_path / "o")
+    want = mapping.torch_to_flax("resnet18", {k: v.numpy() for k, v in state.items()})
+    for got, ref in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(want)):
+      np.testing.assert_array_equal(got, ref)
+
+
+def test_duplicate_zip_members_are_refused(resnet18_file, tmp_path, capsys):
+  doubled = tmp_path / "resnet18-doubled.pth"
+  with zipfile.ZipFile(resnet18_file) as src, zipfile.ZipFile(doubled, "w") as dst:
+    items = src.infolist()
+    for item in items:
+      dst.writestr(item, src.read(item))
+    victim = next(i for i in items if "/data/" in i.filename)
+    with pytest.warns(UserWarning, match="Duplicate name"):
+      dst.writestr(victim.filename, b"\0" * victim.file_size)  # a second, zeroed copy
+  assert cli.main(["convert", "--arch", "resnet18", "--src", str(doubled),
+                   "--out", str(tmp_path / "o")]) == 1
+  err = capsys.readouterr().err
+  assert "more than once" in err and victim.filename in err
+  assert not (tmp_path / "o" / "manifest.json").exists()

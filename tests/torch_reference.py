@@ -75,7 +75,7 @@ def train(model, batches, lr: float, *, blocks: dict[str, str] | None = None,
   """
   dtype = next(model.parameters()).dtype
   opt = torch.optim.Adam(model.parameters(), lr=lr, eps=eps)
-  w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+  w0 = None if sp is None else {n: p.detach().clone() for n, p in model.named_parameters()}
   for i, batch in enumerate(batches):
     trainable = None if phases is None else phases[i]
     for name, p in model.named_parameters():

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                             "weights_dir at it or at its parent")
   convert.add_argument("--no-check-hash", dest="check_hash", action="store_false",
                        help="skip comparing the file's sha256 with the hash in its name")
+  convert.add_argument("--allow-bad-weights", dest="allow_bad_weights", action="store_true",
+                       help="convert even tensors with NaN/Inf values, integer dtypes or "
+                            "negative running variance (refused by default)")
 
   verify = sub.add_parser("verify", help="compare converted weights with torchvision "
                                          "(needs torch and torchvision)")
@@ -56,7 +59,8 @@ def _convert(args) -> int:
 
   start = time.perf_counter()
   print(f"Converting {args.src} as {args.arch} ...", flush=True)
-  manifest = convert.convert_file(args.arch, args.src, args.out, check_hash=args.check_hash)
+  manifest = convert.convert_file(args.arch, args.src, args.out, check_hash=args.check_hash,
+                                  allow_bad_weights=args.allow_bad_weights)
   print(f"Wrote {args.out}: {manifest['param_count']:,} parameters, "
         f"{manifest['num_classes']} classes, sha256 {manifest['source_sha256'][:12]}... "
         f"({time.perf_counter() - start:.1f} s)")

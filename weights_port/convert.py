@@ -33,11 +33,41 @@ def check_file_hash(src: pathlib.Path, sha256: str) -> None:
         f"(or pass --no-check-hash if you renamed a file you trust).")
 
 
+class BadWeightsError(ValueError):
+  pass
+
+
+def check_weights(source: str, state_dict: dict[str, Any]) -> None:
+  """Refuses values no trained network holds, naming the tensor: integer or boolean
+  tensors where floats belong, NaN / Inf, negative BatchNorm running variance."""
+  for name, value in state_dict.items():
+    if name.endswith("num_batches_tracked"):
+      continue  # an integer counter, unused by ftjax
+    value = np.asarray(value)
+    problem = None
+    if not np.issubdtype(value.dtype, np.floating) and value.dtype.name != "bfloat16":
+      problem = f"is {value.dtype}, where a float tensor belongs"
+    else:
+      bad = int(np.size(value) - np.count_nonzero(np.isfinite(value.astype(np.float32))))
+      if bad:
+        problem = f"holds {bad} NaN or infinite value(s) of {np.size(value)}"
+      elif name.endswith("running_var") and np.any(value < 0):
+        problem = f"holds {int(np.sum(value < 0))} negative running variance(s)"
+    if problem:
+      raise BadWeightsError(
+          f"{source}: tensor {name} {problem}: these are not usable weights (training on "
+          f"them would diverge). Download the file again, or pass --allow-bad-weights to "
+          f"convert it anyway.")
+
+
 def convert_state_dict(arch: str | registry.Arch, state_dict: dict[str, Any],
                        out_dir: str | os.PathLike, *, source: str = "state_dict",
-                       sha256: str | None = None) -> dict[str, Any]:
-  """Converts, checks and writes; returns the manifest."""
+                       sha256: str | None = None,
+                       allow_bad_weights: bool = False) -> dict[str, Any]:
+  """Checks the values, converts, checks the keys and shapes, writes; returns the manifest."""
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
+  if not allow_bad_weights:
+    check_weights(source, state_dict)
   variables = mapping.torch_to_flax(arch, state_dict, source=source)
   num_classes = int(variables["params"]["head"]["kernel"].shape[-1])
   manifest = {
@@ -56,7 +86,8 @@ def convert_state_dict(arch: str | registry.Arch, state_dict: dict[str, Any],
 
 
 def convert_file(arch: str | registry.Arch, src: str | os.PathLike,
-                 out_dir: str | os.PathLike, *, check_hash: bool = True) -> dict[str, Any]:
+                 out_dir: str | os.PathLike, *, check_hash: bool = True,
+                 allow_bad_weights: bool = False) -> dict[str, Any]:
   """Reads a torchvision .pth without torch and writes the ftjax checkpoint."""
   src = pathlib.Path(src)
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
@@ -68,7 +99,8 @@ def convert_file(arch: str | registry.Arch, src: str | os.PathLike,
   if check_hash:
     check_file_hash(src, sha256)
   state_dict = pth.read_state_dict(src)
-  return convert_state_dict(arch, state_dict, out_dir, source=src.name, sha256=sha256)
+  return convert_state_dict(arch, state_dict, out_dir, source=src.name, sha256=sha256,
+                            allow_bad_weights=allow_bad_weights)
 
 
 def convert_torch(arch: str | registry.Arch, model_or_state_dict: Any,

@@ -43,6 +43,9 @@ _LEGACY_PROTOCOL = 1001
 # The largest torchvision tensor (a ViT-H/14 or RegNet-Y-128GF weight) is well
 # under 1 GiB, so 4 GiB refuses only files that are not torchvision checkpoints.
 DEFAULT_MAX_TENSOR_BYTES = 4 << 30
+# All storages together: twice vgg19_bn-c79401a0.pth (548 MiB), the largest
+# torchvision file ftjax converts.
+DEFAULT_MAX_TOTAL_BYTES = 2 * 548 << 20
 # numpy arrays have at most 64 dimensions; torchvision tensors have at most 5.
 _MAX_NDIM = 32
 
@@ -228,7 +231,8 @@ def _malformed(path: str, name: str, detail: str, fix: str = "") -> PthFormatErr
 
 
 def _check_layouts(path: str, refs: dict[str, _TensorRef],
-                   roots: dict[str, tuple[np.dtype, int]], max_tensor_bytes: int) -> None:
+                   roots: dict[str, tuple[np.dtype, int]], max_tensor_bytes: int,
+                   max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> None:
   """Refuse any tensor whose layout disagrees with its storage or exceeds the cap.
 
   Runs before any storage is read, so a file that declares absurd sizes costs
@@ -245,6 +249,10 @@ def _check_layouts(path: str, refs: dict[str, _TensorRef],
     if numel * dtype.itemsize > max_tensor_bytes:
       raise _malformed(path, name, f"uses a storage of {numel} {dtype} elements "
                        f"({_bytes(numel * dtype.itemsize)}), over the cap", raise_cap)
+    if stored > max_total_bytes:
+      raise _malformed(path, name, f"brings the storages to {_bytes(stored)}, over the cap "
+                       f"of {_bytes(max_total_bytes)} for all of them",
+                       f"If you trust this file, pass a larger max_total_bytes.")
   total = 0
   for name, ref in refs.items():
     storage, dtype = ref.storage, ref.storage.dtype
@@ -318,8 +326,15 @@ def _materialize(refs: dict[str, _TensorRef], key: str, raw: bytes | memoryview,
       out[name] = _to_array(ref, raw, big_endian)
 
 
-def _read_zip(path: str, max_tensor_bytes: int) -> dict[str, np.ndarray]:
+def _read_zip(path: str, max_tensor_bytes: int, max_total_bytes: int) -> dict[str, np.ndarray]:
   with zipfile.ZipFile(path) as zf:
+    names = zf.namelist()
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # zipfile would silently read the last of them
+      raise PthFormatError(
+        f"{path}: the zip archive holds {len(twice)} member name(s) more than once (e.g. "
+        f"{twice[0]}): a tampered or badly rewritten file, so nothing was loaded. "
+        f"Download the original file again.")
     pkls = [n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pkls) != 1:
       raise _truncated(path, "the zip archive has no <prefix>/data.pkl entry")
@@ -333,7 +348,7 @@ def _read_zip(path: str, max_tensor_bytes: int) -> dict[str, np.ndarray]:
     with zf.open(pkls[0]) as f:
       obj = _RestrictedUnpickler(f, path, legacy=False, roots=roots).load()
     refs = _collect(obj, path)
-    _check_layouts(path, refs, roots, max_tensor_bytes)
+    _check_layouts(path, refs, roots, max_tensor_bytes, max_total_bytes)
     out: dict[str, np.ndarray] = dict.fromkeys(refs)  # type: ignore[arg-type]
     for key in {ref.storage.key: None for ref in refs.values()}:
       dtype, numel = roots[key]
@@ -361,7 +376,8 @@ def _read_exact(f: IO[bytes], n: int, path: str, what: str) -> bytes:
   return data
 
 
-def _read_legacy(path: str, f: IO[bytes], max_tensor_bytes: int) -> dict[str, np.ndarray]:
+def _read_legacy(path: str, f: IO[bytes], max_tensor_bytes: int,
+                 max_total_bytes: int) -> dict[str, np.ndarray]:
   file_size = os.fstat(f.fileno()).st_size
   roots: dict[str, tuple[np.dtype, int]] = {}
 
@@ -390,7 +406,7 @@ def _read_legacy(path: str, f: IO[bytes], max_tensor_bytes: int) -> dict[str, np
   keys = [k.decode("ascii") if isinstance(k, bytes) else k for k in keys]
   if set(keys) != set(roots):
     raise _truncated(path, "the list of storage keys does not match the tensors")
-  _check_layouts(path, refs, roots, max_tensor_bytes)
+  _check_layouts(path, refs, roots, max_tensor_bytes, max_total_bytes)
   out: dict[str, np.ndarray] = dict.fromkeys(refs)  # type: ignore[arg-type]
   for key in keys:
     dtype, numel = roots[key]
@@ -412,7 +428,8 @@ def _not_checkpoint(path: str) -> PthFormatError:
 
 
 def read_state_dict(path: str | os.PathLike[str], *,
-                    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> dict[str, np.ndarray]:
+                    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES) -> dict[str, np.ndarray]:
   """Read ``torch.save(model.state_dict(), path)`` output as ordered name -> numpy array.
 
   Arrays are C-contiguous copies that own their memory; bfloat16 tensors come back
@@ -424,6 +441,7 @@ def read_state_dict(path: str | os.PathLike[str], *,
     max_tensor_bytes: no tensor or storage may be larger, and views that repeat
       stored data (stride 0) may add at most this much in all; a file that
       declares more is refused before anything is allocated.
+    max_total_bytes: the same bound over all storages together.
   """
   path = os.fspath(path)
   if not os.path.exists(path):
@@ -435,7 +453,7 @@ def read_state_dict(path: str | os.PathLike[str], *,
         raise _truncated(path, "it is empty (0 bytes)")
       if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         f.close()
-        return _read_zip(path, max_tensor_bytes)
+        return _read_zip(path, max_tensor_bytes, max_total_bytes)
       if len(head) >= 262 and head[257:262] == b"ustar":
         raise PthFormatError(
           f"{path}: uses torch's pre-1.0 tar checkpoint format, which is not supported. "
@@ -444,7 +462,7 @@ def read_state_dict(path: str | os.PathLike[str], *,
       if not head.startswith(b"\x80"):  # every legacy file opens with a binary pickle
         raise _not_checkpoint(path)
       f.seek(0)
-      return _read_legacy(path, f, max_tensor_bytes)
+      return _read_legacy(path, f, max_tensor_bytes, max_total_bytes)
   except PthError:
     raise
   except zipfile.BadZipFile as e:
