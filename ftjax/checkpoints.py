@@ -17,7 +17,6 @@ uses the previous latest checkpoint (two are kept), or starts from scratch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -26,6 +25,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from ftjax import run as run_lib
 
 
 def _manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
@@ -41,14 +42,8 @@ def _abstract(tree: Any) -> Any:
 
 def file_digests(directory: pathlib.Path) -> dict[str, str]:
   """Relative path -> sha256 of every file below `directory`."""
-  out = {}
-  for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-      for chunk in iter(lambda: f.read(1 << 20), b""):
-        digest.update(chunk)
-    out[path.relative_to(directory).as_posix()] = digest.hexdigest()
-  return out
+  return {path.relative_to(directory).as_posix(): run_lib.file_fingerprint(path)
+          for path in sorted(p for p in directory.rglob("*") if p.is_file())}
 
 
 class DamagedCheckpointError(ValueError):

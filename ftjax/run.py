@@ -30,6 +30,8 @@ from typing import Any
 # (The prepared data and the weights enter the identity by fingerprint.)
 RUNTIME_FIELDS = frozenset({"progress", "prefetch", "data_dir", "weights_dir"})
 IDENTITY_VERSION = 1
+# Set by a sweep for the training subprocess of a run whose lock it holds.
+LOCK_HELD_ENV = "FTJAX_RUN_LOCK_HELD"
 LAYOUT = re.compile(r"^(?P<dataset>[^/]+)/(?P<arch>[^/]+)/(?P<strategy>[^/]+)/"
                     r"lr(?P<lr>[^/]+)/seed(?P<seed>-?\d+)$")
 
@@ -62,7 +64,12 @@ def parse_relative_path(path: str) -> dict[str, Any] | None:
 
 
 def file_fingerprint(path: pathlib.Path) -> str:
-  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+  """Hex sha256 of a file, read in 1 MiB chunks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def identity_fields(config: dict[str, Any], *, data_fingerprint: str,
@@ -151,17 +158,12 @@ class RunDir:
   """Everything on disk for one run."""
 
   CONFIG, IDENTITY, RESULTS, LOCK = "config.json", "identity.json", "results.json", "lock"
-  METRICS, RGN = "metrics.jsonl", "rgn.jsonl"
 
   def __init__(self, path: str | pathlib.Path):
     self.path = pathlib.Path(path)
 
   def __truediv__(self, name: str) -> pathlib.Path:
     return self.path / name
-
-  @property
-  def checkpoints(self) -> pathlib.Path:
-    return self.path / "checkpoints"
 
   def saved_identity(self) -> dict[str, Any] | None:
     """identity.json's {'hash', 'fields'}; None if absent; {} if unreadable."""

@@ -45,11 +45,10 @@ import tqdm
 
 from ftjax import cli_flags, data
 from ftjax import run as run_lib
-from ftjax.data.prepared import dataset_options
+from ftjax.data.prepared import prepared_builder
 from ftjax.models import registry
 
 LOCK_NAME = run_lib.RunDir.LOCK
-LOCK_HELD_ENV = "FTJAX_RUN_LOCK_HELD"  # set for a subprocess run: its lock is held
 ERROR_NAME = "error.txt"
 DIVERGED_NAME = "diverged.json"
 ATTEMPTS_NAME = "attempts.json"  # failed attempts so far, to bound retries
@@ -130,17 +129,8 @@ def expected_identity(config: ml_collections.ConfigDict) -> dict[str, Any] | Non
   """The identity a finished run of this per-run config has (ftjax.run), or None
   where it cannot be known yet (data not prepared, weights missing: the run
   itself then fails with the fix)."""
-  # No JAX call here: the sweep process must not take the GPUs its runs use.
   try:
-    info, arch = data.get_dataset(config.dataset), registry.get_arch(config.arch)
-    make = lambda: info.create(config.data_dir, resize=config.resize or
-                               arch.preprocessing.resize, **dataset_options(config))
-    builder = make()
-    if not builder.data_path.exists():
-      if not info.name.startswith("synthetic"):
-        return None
-      builder.download_and_prepare()  # seeded: what the run would generate
-      builder = make()
+    _, builder = prepared_builder(config, registry.get_arch(config.arch))
     return run_lib.run_identity(config, builder)
   except (data.DataError, OSError, ValueError, TypeError):
     return None
@@ -219,7 +209,7 @@ def run_in_subprocess(spec: RunSpec, config: ml_collections.ConfigDict,
   config_path = run_dir / RUN_CONFIG_NAME
   config_path.write_text(config.to_json_best_effort(indent=2) + "\n")
   env = dict(os.environ)
-  env[LOCK_HELD_ENV] = str(run_dir.absolute())  # the sweep holds the run's lock
+  env[run_lib.LOCK_HELD_ENV] = str(run_dir.absolute())  # the sweep holds the run's lock
   if device is not None:
     env["CUDA_VISIBLE_DEVICES"] = device
   argv = [*command,

@@ -86,9 +86,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def claim_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict,
-                  fields: dict[str, Any], *, overwrite: bool = False) -> run_lib.RunDir:
+                  fields: dict[str, Any], *, overwrite: bool = False) -> pathlib.Path | None:
   """A workdir holds one run: refuse another identity (or move it aside), then
-  record this run's config and identity (process 0)."""
+  record this run's config and identity (process 0). Returns where an old run
+  was moved, or None."""
   run = run_lib.RunDir(workdir)
   aside = run.claim(fields, overwrite=overwrite)
   if aside is not None:
@@ -98,7 +99,7 @@ def claim_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict,
     current = json.loads(config.to_json_best_effort())
     current["dataset_options"] = dataset_options(config)
     run.write_identity(current, fields)
-  return run
+  return aside
 
 
 _WORKDIR_FIXES = {
@@ -259,7 +260,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   check_workdir_writable(workdir)
   lock = None if lock_held or jax.process_count() > 1 else run.lock()
   try:
-    claim_workdir(workdir, config, fields, overwrite=overwrite)
+    if claim_workdir(workdir, config, fields, overwrite=overwrite) and lock is not None:
+      # The old run moved aside with its lock file: lock the new directory.
+      lock.release()
+      lock = run.lock()
     return _train(config, workdir, parallel, arch, strategy, info, builder, sources,
                   steps_per_epoch, max_epochs_this_call)
   finally:
@@ -437,7 +441,6 @@ def _cached_features(config, workdir, model, arch, strategy, info, builder, sour
   """With config.cache_features: the train/validation features and the epoch function."""
   if not config.get("cache_features", False):
     return None
-  features.check_supported(arch, strategy, compute_dtype=COMPUTE_DTYPES[config.compute_dtype])
   cached = {"train_epoch": features.make_train_epoch(model, strategy, loss=loss_name,
                                                       crop=config.crop)}
   for split in ("train", "validation"):
@@ -510,7 +513,7 @@ def main(argv) -> None:
   def run(config):
     workdir = pathlib.Path(flags.FLAGS.workdir or default_workdir(config))
     # A sweep that starts this command holds the run's lock for it.
-    held = os.environ.get("FTJAX_RUN_LOCK_HELD") == str(workdir.absolute())
+    held = os.environ.get(run_lib.LOCK_HELD_ENV) == str(workdir.absolute())
     return train_and_evaluate(config, workdir, overwrite=flags.FLAGS.overwrite,
                               lock_held=held)
   run_cli(argv, "configs/isic_lp.py", run)

@@ -34,12 +34,15 @@ def prepared_builder(config: ml_collections.ConfigDict, arch: registry.Arch):
     if info.name.startswith("synthetic"):
       # Several processes: the first generates, the others wait for it; a host that
       # does not share its disk then generates its own copy (generation is seeded).
-      if jax.process_index() == 0:
-        builder.download_and_prepare()
-      distributed.barrier("synthetic dataset prepared")
-      builder = info.create(config.data_dir, resize=resize, **options)
+      # One process makes no JAX call here (a sweep must not take its runs' GPUs).
+      if distributed.wants_distributed(config):
+        if jax.process_index() == 0:
+          builder.download_and_prepare()
+        distributed.barrier("synthetic dataset prepared")
+        builder = info.create(config.data_dir, resize=resize, **options)
       if not builder.data_path.exists():
         builder.download_and_prepare()
+        builder = info.create(config.data_dir, resize=resize, **options)
     else:
       # Prepared with other options or another resize: the config names say which.
       others = sorted(p.parent.name for p in

@@ -90,12 +90,9 @@ def _why_not_counted(root: pathlib.Path, run_dir: pathlib.Path) -> str | None:
     return "no identity.json (not written by this ftjax's train)"
   if not saved or saved.get("hash") != run_lib.identity_hash(saved["fields"]):
     return "identity.json is damaged (its hash does not match its fields)"
-  fields = saved["fields"]
-  named = {k: fields.get(k) for k in place}
-  if named.get("lr") is not None:
-    named["lr"] = float(named["lr"])
-  if named != place:
-    return f"its identity is another run's ({run_lib.relative_path(**named) if None not in named.values() else named})"
+  named = {k: saved["fields"].get(k) for k in place}
+  if named != place:  # (lr compares as a number: 0.001 == 1e-3)
+    return f"its identity is another run's ({named})"
   return None
 
 
