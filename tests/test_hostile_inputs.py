@@ -37,7 +37,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def _decode(path):
-  return base._decode((base.open_image, str(path), 16))  # pylint: disable=protected-access
+  return base._decode((base.open_image, str(path), str(path), 16))  # pylint: disable=protected-access
 
 
 def _under_1_gib(body: str) -> subprocess.CompletedProcess:

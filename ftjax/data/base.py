@@ -7,23 +7,32 @@ and ``load_image`` (open one source image). This module does the rest:
 * images are decoded and resized (shorter side, antialiased bilinear) in a
   process pool, once, at prepare time, and stored as zlib ``uint8`` tensors in
   ``array_record`` files; loading is ``builder.as_data_source(split)``;
-* a bad image raises one :class:`DataError` naming the file, or with
-  ``skip_bad=True`` is skipped and counted; counts land in the metadata;
+* everything read is checked first by :mod:`ftjax.data.validate`; a bad image
+  raises one :class:`DataError` naming the file, or with ``skip_bad=True`` is
+  skipped and counted; counts land in the metadata;
+* files of the layout that are not used are listed as ignored, with the
+  reason, in the metadata and the ``prepare`` summary;
 * the split description (sizes, validation carving, seed, skipped files) is
   recorded in the dataset's TFDS metadata (``metadata.json``).
 
 Partial preparation is safe: TFDS writes into an ``incomplete.*`` folder and
 only renames it into place once every split is written, so an interrupted run
-leaves nothing that a later run would load; re-running prepares it again and a
-finished dataset is never regenerated.
+leaves nothing that a later run would load; re-running prepares it again (and
+removes what a killed run left in ``incomplete.*``) and a finished dataset is
+never regenerated. One process prepares a config at a time (a lock file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import functools
 import multiprocessing
 import os
 import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -33,11 +42,13 @@ import tqdm
 from etils import epath
 from PIL import Image
 
-from ftjax.data import preprocess
+from ftjax.data import preprocess, validate
 from ftjax.data.errors import DataError
 
 SPLITS = ("train", "validation", "test")
-_MAX_LISTED_BAD = 200  # bad file names kept in metadata; the count is always exact
+_MAX_LISTED = 200  # bad or ignored file names kept in metadata; the counts are exact
+SKIP_HINT = ("Re-download or re-extract this file, or prepare with --skip_bad to skip "
+             "and count bad images.")
 
 
 @dataclasses.dataclass(eq=True)
@@ -66,32 +77,47 @@ class Example:
   source: Any  # picklable; handed to the builder's ``load_image`` in a worker
   label: Any  # int class index, or a multi-hot sequence
   patient_id: str = ""
+  origin: str = ""  # where it was listed, for messages (file row, array index)
 
   @property
   def id(self) -> str:
     return self.key
 
+  @property
+  def where(self) -> str:
+    """What a message about this example names: its origin, file or key."""
+    if self.origin:
+      return self.origin
+    if isinstance(self.source, (str, os.PathLike)):
+      return validate.shown(self.source)
+    return self.key
 
-def _decode(task: tuple[Callable[[Any], Any], Any, int]) -> tuple[bool, Any]:
-  """Worker: load + resize one image; (True, array) or (False, message)."""
-  load, source, resize = task
+
+def _decode(task: tuple[Callable[[Any], Any], Any, str, int]) -> tuple[bool, Any]:
+  """Worker: load, check and resize one image; (True, array) or (False, message)."""
+  load, source, where, resize = task
   try:
     if isinstance(source, (str, os.PathLike)):
       path = Path(source)
       if not path.exists():
-        return False, f"{path}: file not found. Restore it from the original download."
+        return False, f"{where}: file not found. Restore it from the original download."
       if path.stat().st_size == 0:
-        return False, (f"{path}: file is empty (0 bytes). Re-download or re-extract it, "
+        return False, (f"{where}: file is empty (0 bytes). Re-download or re-extract it, "
                        "or prepare with --skip_bad to skip and count bad images.")
-    image = load(source)
-    if isinstance(image, Image.Image):
-      image.load()  # forces the full decode so truncation is caught here
+    with validate.bomb_warnings_as_errors():
+      image = load(source)
+      if isinstance(image, Image.Image):
+        validate.check_decoded_size(*image.size)  # before the decode allocates it
+        image.load()  # forces the full decode so truncation is caught here
+    width, height = validate.check_pixels(image)
+    validate.check_resized_size(width, height, resize)
     return True, preprocess.resize_shorter(image, resize)
+  except validate.BadImage as exc:
+    return False, f"{where}: {exc}. {SKIP_HINT}"
   except (OSError, ValueError, KeyError, SyntaxError, EOFError, TypeError,
-          Image.DecompressionBombError) as exc:  # the last: a header declaring absurd sizes
-    return False, (f"{source}: cannot read image ({type(exc).__name__}: {exc}). "
-                   "Re-download or re-extract this file, or prepare with --skip_bad "
-                   "to skip and count bad images.")
+          Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    # the last two: a header declaring absurd sizes
+    return False, f"{where}: cannot read image ({type(exc).__name__}: {exc}). {SKIP_HINT}"
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
@@ -143,6 +169,7 @@ def read_csv(path: Path, required: Sequence[str], where: str = "") -> list[dict[
   rows = []
   try:
     columns = [c.strip() for c in next(reader)]
+    validate.check_columns(path, columns, f"{fix} {NOT_SKIPPED}")
     missing = [c for c in required if c not in columns]
     if missing:
       raise DataError(f"{path}: missing column(s) {missing} (found {columns}). {fix}")
@@ -275,19 +302,58 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if manual is None:
         raise DataError(f"{self.name}: no manual_dir given. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
       require_dir(Path(manual), f"manual_dir of {self.name}", self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-    super().download_and_prepare(download_dir=download_dir,
-                                 download_config=download_config, file_format=file_format)
+    prepare = functools.partial(super().download_and_prepare, download_dir=download_dir,
+                                download_config=download_config, file_format=file_format)
+    if self.data_path.exists():
+      return prepare()  # prepared: nothing is written (the folder may be read-only)
+    with self._prepare_lock():
+      if not self.data_path.exists():  # else another process has just prepared it
+        self._remove_leftovers()
+      prepare()
+
+  def _config_dir(self) -> Path:
+    return Path(os.fspath(self.data_path)).parent
+
+  @contextlib.contextmanager
+  def _prepare_lock(self) -> Iterator[None]:
+    """Held while preparing: a second process waits, then finds the data prepared."""
+    self._config_dir().mkdir(parents=True, exist_ok=True)
+    with open(self._config_dir() / ".prepare.lock", "w") as lock:
+      try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        print(f"{self.name}: another process is preparing {self._config_dir()}; waiting "
+              "for it", file=sys.stderr)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+      yield
+
+  def _remove_leftovers(self) -> None:
+    """Deletes the ``incomplete.*`` folders of a killed prepare of this version (tfds
+    writes ``<config>/incomplete.XXXXXX_<version>`` and renames it when done; the
+    lock says no other process is writing one)."""
+    pattern = f"{tfds.core.constants.INCOMPLETE_PREFIX}*_{self.version}"
+    for leftover in sorted(self._config_dir().glob(pattern)):
+      size = sum(f.stat().st_size for f in leftover.rglob("*") if f.is_file())
+      shutil.rmtree(leftover)
+      print(f"{self.name}: removed {leftover} ({size / 2**20:.1f} MiB), left by an "
+            "interrupted prepare", file=sys.stderr)
 
   def _split_generators(self, dl_manager):
     root = None
     if self.MANUAL_DOWNLOAD_INSTRUCTIONS:
       root = Path(os.fspath(dl_manager._manual_dir))  # pylint: disable=protected-access
     self._notes: dict[str, Any] = {}
+    self._ignored: list[str] = []
     splits = self._list_examples(root)
+    validate.check_examples(splits, root)
     for split, examples in splits.items():
       if not examples:
-        raise DataError(f"{root}: split '{split}' of {self.name} is empty. Check that "
-                        f"manual_dir holds the complete download. {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        sizes = {s: len(e) for s, e in splits.items()}
+        raise DataError(f"{root or self.name}: split '{split}' of {self.name} "
+                        f"({self.builder_config.name}) is empty (examples per split: {sizes}). "
+                        "Raise the option that sizes it (val_fraction, test_fraction, num_test, "
+                        "...) or check that manual_dir holds the complete download. "
+                        f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS or ''}".rstrip())
     config = dataclasses.asdict(self.builder_config)
     for k in ("release_notes", "supported_versions", "tags", "description", "version"):
       config.pop(k, None)
@@ -298,13 +364,28 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                      for s, e in splits.items()},
         "skipped_bad": {s: 0 for s in splits},
         "bad_files": [],
+        "ignored": len(self._ignored),
+        "ignored_files": self._ignored[:_MAX_LISTED],
         "notes": self._notes,
     })
     return {split: self._generate_examples(split, examples)
             for split, examples in splits.items()}
 
+  def ignore(self, path: str | os.PathLike, reason: str) -> None:
+    """Lists a file of the layout that is not used (shown in the prepare summary)."""
+    self._ignored.append(f"{validate.shown(path)}: {reason}")
+
+  def ignore_unused(self, folder: Path, used: Sequence[str | os.PathLike], reason: str,
+                    image_suffixes: Sequence[str] = ()) -> None:
+    """Lists every file under ``folder`` that is not in ``used`` as ignored."""
+    used_paths = {os.path.normpath(p) for p in used}
+    for path in validate.walk(folder, image_suffixes):
+      if os.path.normpath(path) not in used_paths:
+        self.ignore(path, reason)
+
   def _generate_examples(self, split: str, examples: list[Example]) -> Iterator:
-    tasks = [(type(self).load_image, e.source, self.builder_config.resize) for e in examples]
+    tasks = [(type(self).load_image, e.source, e.where, self.builder_config.resize)
+             for e in examples]
     workers = self.num_workers or os.cpu_count() or 1
     bar = tqdm.tqdm(total=len(tasks), desc=f"{self.name}/{self.builder_config.name} {split}",
                     unit="img", dynamic_ncols=True)
@@ -316,7 +397,7 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           if not self.skip_bad:
             raise DataError(value)
           self.info.metadata["skipped_bad"][split] += 1
-          if len(self.info.metadata["bad_files"]) < _MAX_LISTED_BAD:
+          if len(self.info.metadata["bad_files"]) < _MAX_LISTED:
             self.info.metadata["bad_files"].append(value)
           continue
         written += 1

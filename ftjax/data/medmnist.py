@@ -2,9 +2,10 @@
 
 manual_dir holds ``<subset>.npz`` (e.g. ``pathmnist.npz`` or
 ``pathmnist_224.npz``) with ``train_images``, ``train_labels``, ``val_*`` and
-``test_*``. Object arrays are refused (nothing is unpickled) and every
-array's declared size is checked against the file before it is read. Labels of shape (N, 1) are multi-class, (N, C) with C > 1
-multi-label (ChestMNIST).
+``test_*``. Object arrays are refused (nothing is unpickled), every
+array's declared size is checked against the file before it is read and every
+member's checksum is verified. Labels must have the subset's shape: (N, 1)
+for a multi-class subset, (N, C) for multi-label ChestMNIST (C = 14).
 
 Splits: MedMNIST's own train / val / test (val is the validation split). Not
 in paper Table 2.
@@ -15,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from ftjax.data import validate
 from ftjax.data.base import Example, ImageBuilder, ImageConfig
 from ftjax.data.errors import DataError
 
@@ -44,37 +47,72 @@ def _identity(image: np.ndarray) -> np.ndarray:
   return image
 
 
+# What a damaged zip can raise while it is read (zlib: a damaged compressed member,
+# NotImplementedError: an unknown compression method, EOFError: a member cut short).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError,
+               ValueError, KeyError)
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+  """Every array of a MedMNIST .npz, checked before it is read (``check_npz_arrays``);
+  anything that is not an intact .npz of numeric arrays is one DataError."""
+  check_npz_arrays(path)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return {k: data[k] for k in data.files}
+  except _ZIP_ERRORS as exc:
+    raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc}). "
+                    f"Re-download it. {WHERE}") from None
+
+
 def check_npz_arrays(path: Path) -> None:
-  """Refuses object arrays, and arrays whose .npy header declares more bytes than
-  the file holds, before numpy reads them.
+  """Refuses damaged archives, object arrays, and arrays whose .npy header declares
+  more bytes than the file holds, before numpy reads them.
 
   numpy allocates the declared shape before reading, so a header can ask for
   terabytes in a few bytes; each member's stored size bounds what it may declare.
+  numpy reads a member without reaching its end, where zipfile checks the CRC, so
+  the checksums are verified here: a flipped byte is never loaded as a pixel.
   """
   try:
-    archive = zipfile.ZipFile(path)
-  except (zipfile.BadZipFile, OSError) as exc:
-    raise DataError(f"{path}: not a readable .npz ({exc}). Re-download it. {WHERE}") from exc
-  with archive:
-    for info in archive.infolist():
-      name = info.filename.removesuffix(".npy")
-      with archive.open(info) as member:
-        try:
-          version = np.lib.format.read_magic(member)
-          read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                         else np.lib.format.read_array_header_2_0)
-          shape, _, dtype = read_header(member, max_header_size=10_000)
-        except ValueError as exc:
-          raise DataError(f"{path}: member '{info.filename}' is not a .npy array ({exc}). "
-                          f"Re-download it. {WHERE}") from exc
-      if dtype.hasobject:
-        raise DataError(f"{path}: cannot load without pickle (array '{name}' holds Python "
-                        f"objects); use the official MedMNIST .npz. {WHERE}")
-      declared = math.prod(shape) * dtype.itemsize
-      if declared > info.file_size:
-        raise DataError(f"{path}: array '{name}' declares shape {shape} of {dtype} "
-                        f"({declared:,} bytes) but the file holds {info.file_size:,}; a "
-                        f"damaged or foreign file. Re-download it. {WHERE}")
+    with zipfile.ZipFile(path) as archive:
+      _check_members(path, archive)
+  except DataError:
+    raise
+  except _ZIP_ERRORS as exc:
+    raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: {exc}). "
+                    f"Re-download it. {WHERE}") from None
+
+
+def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
+  names = [info.filename for info in archive.infolist()]
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise DataError(f"{path}: the archive holds member(s) {twice} more than once (a "
+                    f"tampered or badly rewritten file). Re-download it. {WHERE}")
+  damaged = archive.testzip()
+  if damaged is not None:
+    raise DataError(f"{path}: member '{damaged}' does not match its checksum (a damaged "
+                    f"file). Re-download it. {WHERE}")
+  for info in archive.infolist():
+    name = info.filename.removesuffix(".npy")
+    with archive.open(info) as member:
+      try:
+        version = np.lib.format.read_magic(member)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(member, max_header_size=10_000)
+      except ValueError as exc:
+        raise DataError(f"{path}: member '{info.filename}' is not a .npy array ({exc}). "
+                        f"Re-download it. {WHERE}") from exc
+    if dtype.hasobject:
+      raise DataError(f"{path}: cannot load without pickle (array '{name}' holds Python "
+                      f"objects); use the official MedMNIST .npz. {WHERE}")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > info.file_size:
+      raise DataError(f"{path}: array '{name}' declares shape {shape} of {dtype} "
+                      f"({declared:,} bytes) but the file holds {info.file_size:,}; a "
+                      f"damaged or foreign file. Re-download it. {WHERE}")
 
 
 class Medmnist(ImageBuilder):
@@ -105,41 +143,44 @@ class Medmnist(ImageBuilder):
     path = root / f"{self.builder_config.subset}.npz"
     if not path.is_file():
       raise DataError(f"{path}: file not found. {WHERE}")
-    num_classes, multilabel = self._spec()
-    check_npz_arrays(path)
-    try:
-      data = np.load(path, allow_pickle=False)
-      arrays = {k: data[k] for k in data.files}
-    except ValueError as exc:
-      raise DataError(f"{path}: cannot load without pickle ({exc}); use the official "
-                      f"MedMNIST .npz. {WHERE}") from exc
-    except (OSError, EOFError) as exc:
-      raise DataError(f"{path}: not a readable .npz ({exc}). Re-download it. {WHERE}") from exc
+    arrays = read_arrays(path)
     out = {}
     for split, prefix in (("train", "train"), ("validation", "val"), ("test", "test")):
-      for kind in ("images", "labels"):
-        if f"{prefix}_{kind}" not in arrays:
-          raise DataError(f"{path}: missing array '{prefix}_{kind}'. {WHERE}")
-      images, labels = arrays[f"{prefix}_images"], arrays[f"{prefix}_labels"]
-      if images.ndim not in (3, 4) or labels.ndim not in (1, 2):
-        raise DataError(f"{path}: {prefix}_images has shape {images.shape} and "
-                        f"{prefix}_labels {labels.shape}; expected (N, H, W[, 3]) images "
-                        f"and (N, 1) or (N, C) labels. {WHERE}")
-      labels = labels.reshape(len(labels), -1)
-      if len(images) != len(labels):
-        raise DataError(f"{path}: {prefix}_images has {len(images)} entries but "
-                        f"{prefix}_labels has {len(labels)}.")
-      if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)
-              or (np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)))):
-        raise DataError(f"{path}: {prefix}_labels holds {labels.dtype} values that are not "
-                        f"whole class indices (e.g. {labels.ravel()[:5].tolist()}); use the "
-                        f"official MedMNIST .npz. {WHERE}")
-      if (labels < 0).any() or (labels >= (2 if multilabel else num_classes)).any():
-        raise DataError(f"{path}: unknown label in {prefix}_labels (values "
-                        f"{np.unique(labels)[:10].tolist()}); expected 0..{num_classes - 1}.")
+      images, labels = self._split_arrays(path, arrays, prefix)
+      multilabel = self._spec()[1]
       out[split] = [Example(key=f"{prefix}_{i:06d}", source=images[i],
                             label=(labels[i].astype(np.float32).tolist() if multilabel
-                                   else int(labels[i, 0])))
+                                   else int(labels[i, 0])),
+                            origin=f"{path} {prefix}_images[{i}]")
                     for i in range(len(images))]
     self._notes["split"] = "MedMNIST's official train / val / test"
     return out
+
+  def _split_arrays(self, path: Path, arrays: dict[str, np.ndarray],
+                    prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of one split, the labels of exactly the subset's shape."""
+    num_classes, multilabel = self._spec()
+    for kind in ("images", "labels"):
+      if f"{prefix}_{kind}" not in arrays:
+        raise DataError(f"{path}: missing array '{prefix}_{kind}'. {WHERE}")
+    images, labels = arrays[f"{prefix}_images"], arrays[f"{prefix}_labels"]
+    if images.ndim not in (3, 4):
+      raise DataError(f"{path}: {prefix}_images has shape {images.shape}; expected "
+                      f"(N, H, W) or (N, H, W, 3) images. {WHERE}")
+    columns = num_classes if multilabel else 1
+    meaning = (f"{num_classes} 0/1 columns, one per label" if multilabel
+               else "one class index per image")
+    validate.check_label_shape(
+        labels, (len(images), columns), f"{path}: {prefix}_labels",
+        f"{self.builder_config.subset} has {meaning} for each of the {len(images)} "
+        f"{prefix}_images; use the official MedMNIST .npz. {WHERE}")
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)
+            or (np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)))):
+      raise DataError(f"{path}: {prefix}_labels holds {labels.dtype} values that are not "
+                      f"whole class indices (e.g. {labels.ravel()[:5].tolist()}); use the "
+                      f"official MedMNIST .npz. {WHERE}")
+    if (labels < 0).any() or (labels >= (2 if multilabel else num_classes)).any():
+      expected = "0 or 1" if multilabel else f"0..{num_classes - 1}"
+      raise DataError(f"{path}: unknown label in {prefix}_labels (values "
+                      f"{np.unique(labels)[:10].tolist()}); expected {expected}.")
+    return images, labels

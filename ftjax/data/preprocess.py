@@ -42,11 +42,17 @@ def to_rgb_uint8(image: Image.Image | np.ndarray) -> Image.Image:
 
 
 def scale_to_uint8(array: np.ndarray) -> np.ndarray:
-  """Min-max scale a high-bit-depth image to uint8 (MRI int16, 16-bit PNG)."""
+  """Min-max scale a high-bit-depth or float image to uint8 (MRI int16, 16-bit PNG).
+
+  A constant image has no range to stretch: its value is kept, rounded and
+  clipped to 0..255 (as skimage's rescale_intensity does), so a blank 0 stays
+  black and a constant 200.0 is 200, not 0. Values must be finite
+  (``validate.check_pixels``).
+  """
   array = np.asarray(array, np.float64)
   lo, hi = float(array.min()), float(array.max())
   if hi <= lo:
-    return np.zeros(array.shape, np.uint8)
+    return np.clip(np.round(array), 0, 255).astype(np.uint8)
   return np.round((array - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 

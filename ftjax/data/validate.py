@@ -1,0 +1,180 @@
+"""The checks every dataset's files, labels and images pass before anything is stored.
+
+Builders read their own layout; what they read is checked here, in one place:
+
+* images (in the decoding workers): ``check_decoded_size`` before the decode,
+  ``check_pixels`` after it, ``check_resized_size`` before the resize;
+  PIL's DecompressionBombWarning is an error (``bomb_warnings_as_errors``);
+* label arrays and CSV headers: ``check_label_shape``, ``check_columns``;
+* the listed examples (``check_examples``): unique keys, UTF-8 names, image
+  paths inside manual_dir (symbolic links resolved), no file used twice, no
+  folder where an image belongs;
+* folder walks (``walk``): a symbolic link to a folder is refused (it would
+  label its images twice or reach outside the dataset).
+
+A failed image check raises :class:`BadImage` (a bad image: an error, or a
+counted skip with ``--skip_bad``); every other failure is a :class:`DataError`
+of one line naming the file (row, array index) and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ftjax.data import preprocess
+from ftjax.data.errors import DataError
+
+# PIL's own decompression-bomb limit (89.5 M pixels, 268 MB as RGB); beyond it a
+# header is taken to lie about the image, never decoded.
+MAX_DECODED_PIXELS = Image.MAX_IMAGE_PIXELS
+# The shorter-side resize makes a 1 x 20000 image 232 x 4,640,000: the longer side
+# grows with the aspect ratio. 2**24 pixels (48 MiB as RGB) allows an aspect ratio of
+# 1:311 at resize 232; the datasets' images are at most about 1:3.
+MAX_RESIZED_PIXELS = 1 << 24
+
+
+class BadImage(ValueError):
+  """An image that cannot be stored as it is (the message says why, not where)."""
+
+
+@contextlib.contextmanager
+def bomb_warnings_as_errors() -> Iterator[None]:
+  """PIL only warns about a header declaring 1-2x its pixel limit; here it is an error."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    yield
+
+
+def check_decoded_size(width: int, height: int) -> None:
+  if width <= 0 or height <= 0:
+    raise BadImage(f"image is {width}x{height} pixels (empty)")
+  if width * height > MAX_DECODED_PIXELS:
+    raise BadImage(f"image declares {width}x{height} pixels, more than the "
+                   f"{MAX_DECODED_PIXELS:,} an image may have (a damaged or hostile header)")
+
+
+def check_resized_size(width: int, height: int, size: int) -> None:
+  """The shorter-side resize to ``size`` must stay within MAX_RESIZED_PIXELS."""
+  new_width, new_height = preprocess.resized_size(width, height, size)
+  if new_width * new_height > MAX_RESIZED_PIXELS:
+    raise BadImage(f"image is {width}x{height} pixels: resizing its shorter side to {size} "
+                   f"gives {new_width}x{new_height}, more than the {MAX_RESIZED_PIXELS:,} "
+                   f"pixels allowed (an aspect ratio no scan has)")
+
+
+def check_pixels(image: Image.Image | np.ndarray) -> tuple[int, int]:
+  """(width, height) of a decoded image whose values can be scaled to uint8."""
+  if isinstance(image, Image.Image):
+    check_decoded_size(*image.size)
+    if image.mode == "F":  # float TIFFs: the only PIL mode that holds NaN
+      _check_finite(np.asarray(image))
+    return image.size
+  array = np.asarray(image)
+  if array.dtype.kind not in "biuf":
+    raise BadImage(f"image holds {array.dtype} values, not numbers")
+  if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3))):
+    raise BadImage(f"image has shape {array.shape}; expected H x W or H x W x 3")
+  check_decoded_size(array.shape[1], array.shape[0])
+  if array.dtype.kind == "f":
+    _check_finite(array)
+  return array.shape[1], array.shape[0]
+
+
+def _check_finite(array: np.ndarray) -> None:
+  bad = ~np.isfinite(array)
+  if bad.any():
+    row, column = np.argwhere(bad)[0][:2]
+    raise BadImage(f"image holds {int(bad.sum())} non-finite pixel value(s) (NaN or Inf, "
+                   f"the first at row {row}, column {column}), which no scaling can store")
+
+
+def check_label_shape(labels: np.ndarray, expected: tuple[int, ...], what: str,
+                      fix: str) -> None:
+  if labels.shape != expected:
+    raise DataError(f"{what} has shape {labels.shape}; expected {expected}. {fix}")
+
+
+def check_columns(path: Path, columns: Sequence[str], fix: str) -> None:
+  """A CSV header naming a column twice is refused: a reader keeps one silently."""
+  seen: set[str] = set()
+  twice = sorted({c for c in columns if c in seen or seen.add(c)})
+  if twice:
+    raise DataError(f"{path}: column(s) {twice} appear more than once in the header, so "
+                    f"which one holds the values is ambiguous. {fix}")
+
+
+def shown(path: str | os.PathLike) -> str:
+  """A path as text, undecodable bytes shown as \\xNN (messages must print)."""
+  return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def check_text(text: str, what: str, where: str, fix: str) -> None:
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    raise DataError(f"{where}: {what} {shown(text)!r} is not UTF-8 text. {fix}") from None
+
+
+def resolve_inside(root: Path, path: Path, where: str) -> Path:
+  """``path`` with symbolic links and '..' resolved; a DataError if it leaves ``root``."""
+  resolved = path.resolve()
+  if not resolved.is_relative_to(root.resolve()):
+    raise DataError(f"{where}: {shown(path)} leads to {shown(resolved)}, outside manual_dir "
+                    f"{shown(root)} (an absolute path, '..' or a symbolic link). Keep the "
+                    f"dataset's files inside manual_dir and use its original file lists.")
+  return resolved
+
+
+def check_examples(splits: dict[str, list], root: Path | None) -> None:
+  """Keys unique across splits, UTF-8 names and, for file sources, one distinct file
+  inside ``root`` per example."""
+  keys: dict[str, str] = {}
+  files: dict[Path, str] = {}
+  fix = "Rename it (names are stored as UTF-8 text)."
+  for examples in splits.values():
+    for example in examples:
+      where = example.where
+      check_text(example.key, "name", where, fix)
+      check_text(example.patient_id, "patient id", where, fix)
+      if example.key in keys:
+        raise DataError(f"{where}: '{example.key}' is listed twice (also at {keys[example.key]})"
+                        f"; every image must appear once. Use the dataset's original files.")
+      keys[example.key] = where
+      if root is None or not isinstance(example.source, (str, os.PathLike)):
+        continue
+      resolved = resolve_inside(root, Path(example.source), where)
+      if resolved.is_dir():
+        raise DataError(f"{where}: {shown(example.source)} is a folder, not an image file. "
+                        "Remove or rename the folder, and restore the image.")
+      if resolved in files:
+        raise DataError(f"{where}: {shown(example.source)} is the same file as {files[resolved]} "
+                        f"({shown(resolved)}, through a symbolic link): it would be stored "
+                        "twice, perhaps under two labels. Replace the link by the real files.")
+      files[resolved] = where
+
+
+def walk(folder: Path, image_suffixes: Sequence[str] = ()) -> Iterator[Path]:
+  """Every file under ``folder`` (sorted). A symbolic link to a folder, and a folder
+  named like an image (``image1.png/``), are DataErrors."""
+  for parent, dirs, names in os.walk(folder):
+    parent_path = Path(parent)
+    for name in sorted(dirs):
+      path = parent_path / name
+      if path.is_symlink():
+        raise DataError(f"{shown(path)}: a symbolic link to the folder "
+                        f"{shown(path.resolve())}; its images would be labelled twice or "
+                        "come from outside the dataset. Replace it by a copy of the folder, "
+                        "or remove it.")
+      if path.suffix.lower() in image_suffixes:
+        raise DataError(f"{shown(path)}: a folder with an image's name, where the image "
+                        "belongs. Remove or rename the folder, and restore the image.")
+    dirs.sort()
+    for name in sorted(names):
+      yield parent_path / name
