@@ -54,9 +54,26 @@ def prepare(args) -> int:
   for split, split_info in builder.info.splits.items():
     print(f"  {split}: {split_info.num_examples} examples")
   print(f"  skipped bad images: {meta.get('skipped_bad')}")
+  _print_ignored(meta, builder.data_path)
   for key, value in meta.get("notes", {}).items():
     print(f"  {key}: {value}")
   return 0
+
+
+_SHOWN_IGNORED = 20  # the rest are in the metadata
+
+
+def _print_ignored(meta: dict, data_path) -> None:
+  """The files of manual_dir the layout does not use, each with the reason."""
+  count, listed = meta.get("ignored", 0), meta.get("ignored_files", [])
+  if not count:
+    return
+  print(f"  ignored {count} file(s) of manual_dir that the layout does not use "
+        f"(up to 200 listed in {data_path}/metadata.json):")
+  for line in listed[:_SHOWN_IGNORED]:
+    print(f"    {line}")
+  if count > _SHOWN_IGNORED:
+    print(f"    ... and {count - _SHOWN_IGNORED} more")
 
 
 def inspect(args) -> int:

@@ -2,7 +2,10 @@
 
 manual_dir holds ``ICIAR2018_BACH_Challenge/Photos/{Normal,Benign,InSitu,
 Invasive}/*.tif`` (or ``Photos/`` directly, or is ``Photos``). A sub-folder
-of ``Photos`` with another name is an unknown label and an error.
+of ``Photos`` with another name that holds photos is an unknown label and an
+error; every other file (the ground-truth CSV next to the class folders, files
+that are not .tif) is listed as ignored. A class folder that is a symbolic link
+is an error (its photos would be labelled twice).
 
 Splits: BACH has no public test labels, so the 400 labelled photos are split
 stratified and seeded into 360 train+validation / 40 test (``test_fraction``
@@ -15,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ftjax.data import splits
+from ftjax.data import splits, validate
 from ftjax.data.base import Example, ImageBuilder, ImageConfig, natural_key
 from ftjax.data.errors import DataError
 
@@ -54,18 +57,19 @@ class Bach(ImageBuilder):
     cfg = self.builder_config
     photos = self._photos(root)
     examples = []
-    for folder in sorted(p for p in photos.iterdir() if p.is_dir()):
-      images = sorted((p for p in folder.iterdir()
-                       if p.suffix.lower() in _EXTS and not p.name.startswith("._")),
-                      key=lambda p: natural_key(p.name))
-      if folder.name not in CLASSES:
-        if images:
-          raise DataError(f"{folder}: unknown label folder {folder.name!r}; expected one "
-                          f"of {list(CLASSES)}. {WHERE}")
-        continue
-      label = CLASSES.index(folder.name)
-      examples += [Example(key=f"{folder.name}/{p.stem}", source=str(p), label=label)
-                   for p in images]
+    for path in validate.walk(photos, _EXTS):
+      parts = path.relative_to(photos).parts
+      is_photo = path.suffix.lower() in _EXTS and not path.name.startswith("._")
+      if len(parts) != 2 or not is_photo:
+        self.ignore(path, "not a .tif photo in a class folder")
+      elif parts[0] not in CLASSES:
+        raise DataError(f"{path.parent}: unknown label folder {parts[0]!r}; expected one "
+                        f"of {list(CLASSES)}. {WHERE}")
+      else:
+        examples.append(Example(key=f"{parts[0]}/{path.stem}", source=str(path),
+                                label=CLASSES.index(parts[0])))
+    # folder by folder, photos in natural order, as the split's seed expects
+    examples.sort(key=lambda e: (Path(e.source).parent.name, natural_key(Path(e.source).name)))
     missing = [c for c in CLASSES if not (photos / c).is_dir()]
     if missing:
       raise DataError(f"{photos}: class folder(s) {missing} not found. {WHERE}")

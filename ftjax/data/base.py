@@ -85,12 +85,11 @@ class Example:
 
   @property
   def where(self) -> str:
-    """What a message about this example names: its origin, file or key."""
-    if self.origin:
-      return self.origin
+    """What a message about this example names: its file and/or origin, else its key."""
     if isinstance(self.source, (str, os.PathLike)):
-      return validate.shown(self.source)
-    return self.key
+      path = validate.shown(self.source)
+      return f"{path} ({self.origin})" if self.origin else path
+    return self.origin or self.key
 
 
 def _decode(task: tuple[Callable[[Any], Any], Any, str, int]) -> tuple[bool, Any]:

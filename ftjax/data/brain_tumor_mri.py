@@ -4,8 +4,9 @@ manual_dir holds the figshare ``.mat`` files ``1.mat`` .. ``3064.mat`` (any
 sub-folders, e.g. the four ``brainTumorDataPublic_*`` zips extracted side by
 side). Each is MATLAB v7.3 (HDF5) with group ``cjdata``: ``image`` (int16
 2-D), ``label`` (1 meningioma, 2 glioma, 3 pituitary) and ``PID`` (uint16
-character codes). Images are min-max scaled to uint8 per slice, then
-replicated to 3 channels.
+character codes). Images are min-max scaled to uint8 per slice (a constant
+slice keeps its value, clipped to 0..255), then replicated to 3 channels.
+Files that are not ``.mat`` are listed as ignored.
 
 Splits: no official split; patients (233) are split, seeded, so that
 ``test_fraction`` = 0.177 of the slices are test (paper Table 2: 2,522 /
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ftjax.data import splits
+from ftjax.data import splits, validate
 from ftjax.data.base import NOT_SKIPPED, Example, ImageBuilder, ImageConfig, natural_key
 from ftjax.data.errors import DataError
 
@@ -95,8 +96,13 @@ class BrainTumorMri(ImageBuilder):
 
   def _list_examples(self, root: Path) -> dict[str, list[Example]]:
     cfg = self.builder_config
-    files = sorted((p for p in root.rglob("*.mat") if not p.name.startswith("._")),
-                   key=lambda p: natural_key(str(p)))
+    files = []
+    for path in validate.walk(root, (".mat",)):
+      if path.suffix != ".mat" or path.name.startswith("._"):
+        self.ignore(path, "not a MATLAB .mat slice file")
+      else:
+        files.append(path)
+    files.sort(key=lambda p: natural_key(str(p)))
     if not files:
       raise DataError(f"{root}: no .mat files found. {WHERE}")
     examples, bad = [], []

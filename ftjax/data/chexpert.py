@@ -90,22 +90,23 @@ class Chexpert(ImageBuilder):
     rows = read_csv(path, ["Path", "Frontal/Lateral", *CLASSES], WHERE)
     examples = []
     for i, row in enumerate(rows):
+      rel = PurePosixPath(row["Path"])
+      # CSV paths start with the dataset folder's own name.
+      image = (root.parent / rel) if rel.parts and rel.parts[0] == root.name else root / rel
+      self._listed.append(image)
       view = row["Frontal/Lateral"]
       if view == "Lateral":
         continue
       if view != "Frontal":  # anything else would silently drop the image
         raise DataError(f"{path} row {i + 2}: unknown view {view!r} in column "
                         f"'Frontal/Lateral'; expected Frontal or Lateral. {WHERE} {NOT_SKIPPED}")
-      rel = PurePosixPath(row["Path"])
-      # CSV paths start with the dataset folder's own name.
-      image = (root.parent / rel) if rel.parts and rel.parts[0] == root.name else root / rel
       match = _PATIENT.search(row["Path"])
       if match is None:
         raise DataError(f"{path} row {i + 2}: no patientNNNNN in Path {row['Path']!r}. {WHERE}")
       where = f"{path} row {i + 2}"
       label = [map_label(row[c], c, where) for c in CLASSES]
       examples.append(Example(key=row["Path"], source=str(image), label=label,
-                              patient_id=match.group(0)))
+                              patient_id=match.group(0), origin=where))
     examples.sort(key=lambda e: natural_key(e.key))
     if cfg.unit == "patient":
       first: dict[str, Example] = {}
@@ -117,8 +118,13 @@ class Chexpert(ImageBuilder):
   def _list_examples(self, root: Path) -> dict[str, list[Example]]:
     cfg = self.builder_config
     root = self._root(root)
+    self._listed: list[Path] = []  # every row's image, lateral ones included
     train_all = self._csv(root, "train.csv")
     test = self._csv(root, "valid.csv")
+    for folder in ("train", "valid"):
+      if (root / folder).is_dir():
+        self.ignore_unused(root / folder, self._listed, "not listed in train.csv or valid.csv",
+                           (".jpg", ".png"))
     train, val = splits.grouped_split([e.patient_id for e in train_all], cfg.val_fraction,
                                       cfg.seed)
     self._notes["split"] = (f"test = CheXpert valid.csv; validation = {cfg.val_fraction:.0%} "

@@ -129,11 +129,13 @@ class Cholect50(ImageBuilder):
     if not label_file.exists():
       return None
     examples = []
+    self._listed.append(label_file)
     for frame, label in sorted(read_labels(label_file).items()):
+      source = root / "videos" / name / f"{frame:06d}.png"
+      self._listed.append(source)  # frames between the strided ones are explained too
       if frame % self.builder_config.frame_stride:
         continue
-      examples.append(Example(key=f"{name}/{frame:06d}",
-                              source=str(root / "videos" / name / f"{frame:06d}.png"),
+      examples.append(Example(key=f"{name}/{frame:06d}", source=str(source),
                               label=label, patient_id=name))
     return examples
 
@@ -145,6 +147,7 @@ class Cholect50(ImageBuilder):
       if not (root / sub).is_dir():
         raise DataError(f"{root / sub}: folder not found. {WHERE}")
     out, missing = {}, []
+    self._listed: list[Path] = []
     for split, vids in (("train", TRAIN_VIDEOS), ("validation", VAL_VIDEOS),
                         ("test", TEST_VIDEOS)):
       out[split] = []
@@ -155,6 +158,10 @@ class Cholect50(ImageBuilder):
         else:
           out[split] += examples
     self._notes["missing_videos"] = missing
+    for sub in ("videos", "labels"):
+      self.ignore_unused(root / sub, self._listed,
+                         "not an annotated frame (or label file) of a video of the official "
+                         "split", (".png", ".json"))
     if missing:
       print(f"cholect50: {len(missing)} video(s) of the official split not in manual_dir: "
             f"{', '.join(missing)}")

@@ -75,8 +75,11 @@ class Isic2020(ImageBuilder):
       patient = row["patient_id"] or f"unknown_{row['image_name']}"
       examples.append(Example(key=row["image_name"],
                               source=str(image_dir / f"{row['image_name']}.jpg"),
-                              label=int(row["target"]), patient_id=patient))
+                              label=int(row["target"]), patient_id=patient,
+                              origin=f"{csv_path} row {i + 2}"))
     self._notes["duplicates_removed"] = len(rows) - len(examples)
+    listed = [image_dir / f"{r['image_name']}.jpg" for r in rows]
+    self.ignore_unused(image_dir, listed, f"not listed in {csv_path.name}", (".jpg",))
     result, self._notes["split"] = splits.grouped_three_way(
         examples, cfg.test_fraction, cfg.val_fraction, cfg.seed)
     return result

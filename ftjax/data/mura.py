@@ -2,9 +2,10 @@
 
 manual_dir holds ``MURA-v1.1/`` (or is it): ``train/XR_SHOULDER/patientNNNNN/
 studyK_positive|negative/imageN.png`` and the same under ``valid/``. Images
-are found by walking these folders (macOS ``._*`` resource files are skipped
-and counted in the metadata). Every image takes its study's label (the study
-folder name).
+are found by walking these folders; macOS ``._*`` resource files (counted in
+the metadata) and files that are not PNG or JPEG are listed as ignored, a
+folder named like an image or a symbolic link to a folder is an error. Every
+image takes its study's label (the study folder name).
 
 Splits: MURA's ``valid`` folder is the test split. Paper Table 2 counts MURA
 patients (shoulder 2,694 / 173, wrist 3,267 / 207, humerus 587 / 132), so
@@ -20,7 +21,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from ftjax.data import splits
+from ftjax.data import splits, validate
 from ftjax.data.base import Example, ImageBuilder, ImageConfig, natural_key, require_dir
 from ftjax.data.errors import DataError
 
@@ -28,6 +29,7 @@ WHERE = ("Download MURA v1.1 from https://stanfordmlgroup.github.io/competitions
          "and extract it into manual_dir.")
 PARTS = ("shoulder", "wrist", "humerus", "elbow", "forearm", "hand", "finger")
 _STUDY = re.compile(r"^study(\d+)_(positive|negative)$")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclasses.dataclass(eq=True)
@@ -71,11 +73,14 @@ class Mura(ImageBuilder):
                          WHERE)
     by_patient: dict[str, list[Example]] = {}
     skipped = 0
-    for path in sorted(folder.rglob("*"), key=lambda p: natural_key(str(p))):
+    for path in sorted(validate.walk(folder, _IMAGE_SUFFIXES),
+                       key=lambda p: natural_key(str(p))):
       if path.name.startswith("._"):
         skipped += 1
+        self.ignore(path, "a macOS resource fork, not an image")
         continue
-      if not path.is_file() or path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+      if path.suffix.lower() not in _IMAGE_SUFFIXES:
+        self.ignore(path, "not a PNG or JPEG image (MURA's images are .png)")
         continue
       rel = path.relative_to(folder).parts
       if len(rel) != 3:

@@ -123,10 +123,11 @@ def check_text(text: str, what: str, where: str, fix: str) -> None:
 
 
 def resolve_inside(root: Path, path: Path, where: str) -> Path:
-  """``path`` with symbolic links and '..' resolved; a DataError if it leaves ``root``."""
+  """``path`` with symbolic links and '..' resolved; a DataError (``where`` names the
+  path) if it leaves ``root``."""
   resolved = path.resolve()
   if not resolved.is_relative_to(root.resolve()):
-    raise DataError(f"{where}: {shown(path)} leads to {shown(resolved)}, outside manual_dir "
+    raise DataError(f"{where}: leads to {shown(resolved)}, outside manual_dir "
                     f"{shown(root)} (an absolute path, '..' or a symbolic link). Keep the "
                     f"dataset's files inside manual_dir and use its original file lists.")
   return resolved
@@ -137,12 +138,12 @@ def check_examples(splits: dict[str, list], root: Path | None) -> None:
   inside ``root`` per example."""
   keys: dict[str, str] = {}
   files: dict[Path, str] = {}
-  fix = "Rename it (names are stored as UTF-8 text)."
   for examples in splits.values():
     for example in examples:
       where = example.where
-      check_text(example.key, "name", where, fix)
-      check_text(example.patient_id, "patient id", where, fix)
+      check_text(example.key, "name", where, "Rename it (names are stored as UTF-8 text).")
+      check_text(example.patient_id, "patient id", where,
+                 "Use the dataset's original file (patient ids are stored as UTF-8 text).")
       if example.key in keys:
         raise DataError(f"{where}: '{example.key}' is listed twice (also at {keys[example.key]})"
                         f"; every image must appear once. Use the dataset's original files.")
@@ -151,10 +152,10 @@ def check_examples(splits: dict[str, list], root: Path | None) -> None:
         continue
       resolved = resolve_inside(root, Path(example.source), where)
       if resolved.is_dir():
-        raise DataError(f"{where}: {shown(example.source)} is a folder, not an image file. "
+        raise DataError(f"{where}: a folder, not an image file. "
                         "Remove or rename the folder, and restore the image.")
       if resolved in files:
-        raise DataError(f"{where}: {shown(example.source)} is the same file as {files[resolved]} "
+        raise DataError(f"{where}: the same file as {files[resolved]} "
                         f"({shown(resolved)}, through a symbolic link): it would be stored "
                         "twice, perhaps under two labels. Replace the link by the real files.")
       files[resolved] = where
