@@ -112,7 +112,11 @@ def check_columns(path: Path, columns: Sequence[str], fix: str) -> None:
 
 def shown(path: str | os.PathLike) -> str:
   """A path as text, undecodable bytes shown as \\xNN (messages must print)."""
-  return os.fsencode(path).decode("utf-8", "backslashreplace")
+  text = os.fspath(path)
+  try:  # file names: undecodable bytes are surrogate escapes
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+  except UnicodeEncodeError:  # other lone surrogates (e.g. from UTF-16 codes)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_text(text: str, what: str, where: str, fix: str) -> None:
