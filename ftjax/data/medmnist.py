@@ -3,8 +3,8 @@
 manual_dir holds ``<subset>.npz`` (e.g. ``pathmnist.npz`` or
 ``pathmnist_224.npz``) with ``train_images``, ``train_labels``, ``val_*`` and
 ``test_*``. Object arrays are refused (nothing is unpickled), every
-array's declared size is checked against the file before it is read and every
-member's checksum is verified. Labels must have the subset's shape: (N, 1)
+array's declared size is checked against the file, and every member's
+checksum verified, before it is read. Labels must have the subset's shape: (N, 1)
 for a multi-class subset, (N, C) for multi-label ChestMNIST (C = 14).
 
 Splits: MedMNIST's own train / val / test (val is the validation split). Not
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -71,8 +72,7 @@ def check_npz_arrays(path: Path) -> None:
 
   numpy allocates the declared shape before reading, so a header can ask for
   terabytes in a few bytes; each member's stored size bounds what it may declare.
-  numpy reads a member without reaching its end, where zipfile checks the CRC, so
-  the checksums are verified here: a flipped byte is never loaded as a pixel.
+  Every member's checksum is verified first.
   """
   try:
     with zipfile.ZipFile(path) as archive:
@@ -90,6 +90,11 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
   if twice:
     raise DataError(f"{path}: the archive holds member(s) {twice} more than once (a "
                     f"tampered or badly rewritten file). Re-download it. {WHERE}")
+  encrypted = [info.filename for info in archive.infolist() if info.flag_bits & 0x1]
+  if encrypted:  # zipfile would raise a RuntimeError asking for a password
+    raise DataError(f"{path}: member(s) {encrypted} are encrypted (a damaged or foreign "
+                    f"file). Re-download it. {WHERE}")
+  # The CRCs first: a damaged .npy header must be refused as damage, not parsed.
   damaged = archive.testzip()
   if damaged is not None:
     raise DataError(f"{path}: member '{damaged}' does not match its checksum (a damaged "
@@ -102,7 +107,7 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                        else np.lib.format.read_array_header_2_0)
         shape, _, dtype = read_header(member, max_header_size=10_000)
-      except ValueError as exc:
+      except (ValueError, SyntaxError, tokenize.TokenError) as exc:  # a header that is not a dict
         raise DataError(f"{path}: member '{info.filename}' is not a .npy array ({exc}). "
                         f"Re-download it. {WHERE}") from exc
     if dtype.hasobject:
