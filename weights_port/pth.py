@@ -348,8 +348,8 @@ _TUPLE_N_OPS = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 _CHANGE_OPS = {"APPEND": ("list",), "APPENDS": ("list",), "SETITEM": ("dict", "odict"),
                "SETITEMS": ("dict", "odict"), "ADDITEMS": ("set",), "BUILD": ("odict",)}
 _CHANGE_COUNTS = {"APPEND": 1, "SETITEM": 2, "BUILD": 1}  # the others take a marked slice
-_KIND_WORDS = {"global": "function or class it imported", "object": "rebuilt object",
-               "scalar": "plain value", "odict": "OrderedDict"}
+_KIND_WORDS = {"global": "a function or class it imported", "object": "a rebuilt object",
+               "scalar": "a plain value", "odict": "an OrderedDict"}
 
 
 class _PickleScan:
@@ -439,7 +439,7 @@ class _PickleScan:
       return
     target = self._stack[-1]
     if target.kind not in _CHANGE_OPS[name]:
-      raise self._refuse(f"tries to change a {_KIND_WORDS.get(target.kind, target.kind)} "
+      raise self._refuse(f"tries to change {_KIND_WORDS.get(target.kind, 'a ' + target.kind)} "
                          f"with {name}; only containers it built itself may be changed")
     target.depth = max(target.depth, self._container(target.kind, items).depth)
     if target.depth > _MAX_PICKLE_DEPTH:
@@ -501,7 +501,7 @@ class _PickleScan:
 
   def _call(self, func: _Node, args: list[_Node]) -> _Node:
     if func.kind != "global":
-      raise self._refuse(f"calls a {_KIND_WORDS.get(func.kind, func.kind)}, not a "
+      raise self._refuse(f"calls {_KIND_WORDS.get(func.kind, 'a ' + func.kind)}, not a "
                          f"function it imported")
     return self._container("odict" if func.text == _ODICT else "object", args)
 
@@ -770,7 +770,10 @@ def read_state_dict(path: str | os.PathLike[str], *,
         raise _truncated(path, "it is empty (0 bytes)")
       if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         f.close()
-        return _read_zip(path, max_tensor_bytes, max_total_bytes)
+        try:
+          return _read_zip(path, max_tensor_bytes, max_total_bytes)
+        except OSError as e:  # zipfile seeks to the offsets the archive declares
+          raise _truncated(path, f"the zip archive's offsets are invalid: {_error_text(e)}") from e
       if len(head) >= 262 and head[257:262] == b"ustar":
         raise PthFormatError(
           f"{path}: uses torch's pre-1.0 tar checkpoint format, which is not supported. "
