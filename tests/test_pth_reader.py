@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pickle
+import pickletools
+import re
+import resource
+import struct
 import subprocess
 import sys
+import textwrap
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -322,3 +328,247 @@ def test_total_storage_bytes_are_capped(fmt, tmp_path):
   assert set(read_state_dict(path, max_tensor_bytes=5000, max_total_bytes=12000)) == set(state)
   with pytest.raises(PthFormatError, match=r"w2.*over the cap of .* for all of them"):
     read_state_dict(path, max_tensor_bytes=5000, max_total_bytes=11999)
+
+
+# --- pickles built to crash, exhaust memory or alter the reader ----------------------
+# Each hostile construct is followed by a call that would `touch` a sentinel file,
+# so a reader that went past the construct would be seen.
+
+_DEEP = 10**6  # levels: a file of about 1 MB
+_STORAGE_PID = (b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000"
+                b"X\x03\x00\x00\x00cpuK\x01tQ")  # BINPERSID of one float storage
+
+
+def _deep_list(levels: int, inner: bytes = b"") -> bytes:
+  return b"]" * levels + inner + b"a" * (levels - (0 if inner else 1))
+
+
+def _op_len(opcode: bytes, fmt: str, length: int) -> bytes:
+  return opcode + struct.pack(fmt, length)
+
+
+HOSTILE = {
+    # name: (pickle without its sentinel call and STOP, expected message)
+    # Hashing a 10^6-deep tuple as a dict key overflowed the C stack (SIGSEGV).
+    "deep_tuple_key": (b"\x80\x02}" + b")" + b"\x85" * _DEEP + b"Ns",
+                       r"refused to load: its pickle nests containers more than 100 deep "
+                       r"\(byte 103 of \w+/data\.pkl\)"),
+    # repr of a deep tensor size or persistent id in a message raised RecursionError.
+    "deep_tensor_size": (b"\x80\x02ctorch._utils\n_rebuild_tensor\n(" + _STORAGE_PID + b"K\x00"
+                         + _deep_list(_DEEP) + b")tR", "nests containers more than 100 deep"),
+    "deep_persistent_id": (b"\x80\x02" + _deep_list(_DEEP) + b"Q",
+                           "nests containers more than 100 deep"),
+    # The unpickler allocated the declared length before reading: MemoryError.
+    "bytes_of_1_tib": (b"\x80\x04" + _op_len(b"\x8e", "<Q", 1 << 40),
+                       r"truncated or corrupt \(the pickle in \w+/data\.pkl needs "
+                       r"1099511627776 bytes at byte 11, but only \d+ remain\)"),
+    # The unpickler sized its memo by the slot number: 2**31 slots, MemoryError.
+    "memo_slot_2e9": (b"\x80\x02}" + _op_len(b"r", "<I", 2**31 - 1),
+                      r"refused to load: its pickle uses memo slot 2147483647 \(byte 3 "),
+}
+
+
+def _sentinel_call(marker: Path) -> bytes:
+  """Opcodes that run `touch marker` if ever reached, then drop the result."""
+  return pickle.dumps(_Evil(f"touch {marker}"), protocol=2)[2:-1] + b"0"
+
+
+def _hostile_file(tmp_path: Path, case: str, build=None) -> Path:
+  payload = HOSTILE[case][0] + _sentinel_call(tmp_path / "pwned") + b"."
+  return (build or _zip_with_pickle)(tmp_path, payload, f"{case}.pth")
+
+
+def _deflate_bomb(tmp_path: Path) -> Path:
+  """A 5 MB zip whose data.pkl inflates to 1 GiB: one bytes opcode and its zeros."""
+  path = tmp_path / "bomb.pth"
+  block = bytes(1 << 20)
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+    with archive.open("bomb/data.pkl", "w") as entry:
+      entry.write(b"\x80\x04" + _op_len(b"\x8e", "<Q", (1 << 30) - 11))
+      for _ in range(1 << 10):
+        entry.write(block)
+  return path
+
+
+def _python_under(gib: int, body: str) -> subprocess.CompletedProcess:
+  """Runs `body` in a Python process limited to `gib` GiB of address space."""
+  code = ("import resource\n"
+          f"resource.setrlimit(resource.RLIMIT_AS, ({gib} << 30, {gib} << 30))\n" + body)
+  env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+  return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+
+
+def _convert_args(src: Path, tmp_path: Path) -> list[str]:
+  return ["convert", "--arch", "resnet18", "--src", str(src), "--out", str(tmp_path / "out"),
+          "--no-check-hash"]
+
+
+def _assert_one_error_line(code: int, err: str, src: Path, expected: str) -> None:
+  assert code == 1, (code, err)
+  assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+  assert err.startswith(f"error: {src}: "), err
+  assert re.search(expected, err), err
+
+
+def test_hostile_pickles_through_the_converter_cli_under_1_gib(tmp_path: Path) -> None:
+  cases = {case: (_hostile_file(tmp_path, case), HOSTILE[case][1]) for case in HOSTILE}
+  cases["deflate_bomb"] = (_deflate_bomb(tmp_path), r"refused to load: its pickle in "
+                           r"bomb/data\.pkl inflates to more than 64\.0 MiB")
+  # One process for all files (importing the converter takes seconds).
+  out = _python_under(1, textwrap.dedent(f"""
+      import contextlib, io, json
+      from weights_port.__main__ import main
+      for args in {[_convert_args(src, tmp_path) for src, _ in cases.values()]!r}:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+          code = main(args)
+        print(json.dumps([code, err.getvalue()]), flush=True)
+      """))
+  assert out.returncode == 0, f"status {out.returncode}: {out.stderr[-2000:]}"
+  results = [json.loads(line) for line in out.stdout.splitlines()]
+  assert len(results) == len(cases)
+  for (src, expected), (code, err) in zip(cases.values(), results):
+    _assert_one_error_line(code, err, src, expected)
+  assert not (tmp_path / "pwned").exists()
+
+
+def test_deep_pickle_is_one_error_line_from_python_m_weights_port(tmp_path: Path) -> None:
+  """The file that crashed the interpreter, through the real command line."""
+  src = _hostile_file(tmp_path, "deep_tuple_key")
+  limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # noqa: E731
+  out = subprocess.run([sys.executable, "-m", "weights_port", *_convert_args(src, tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300,
+                       preexec_fn=limit, check=False)
+  assert out.returncode == 1, f"status {out.returncode} (negative: killed by a signal)"
+  _assert_one_error_line(out.returncode, out.stderr, src, HOSTILE["deep_tuple_key"][1])
+  assert not (tmp_path / "pwned").exists()
+
+
+_LENGTH_OPS = {
+    # opcode: (protocol, declared-length prefix); each declares far more than follows
+    "BINBYTES8": (4, _op_len(b"\x8e", "<Q", 1 << 62)),
+    "BINUNICODE8": (4, _op_len(b"\x8d", "<Q", 1 << 62)),
+    "BYTEARRAY8": (5, _op_len(b"\x96", "<Q", 1 << 62)),
+    "FRAME": (4, _op_len(b"\x95", "<Q", 1 << 40)),
+    "BINUNICODE": (2, _op_len(b"X", "<I", 2**32 - 1)),
+    "BINBYTES": (3, _op_len(b"B", "<I", 2**32 - 1)),
+    "BINSTRING": (2, _op_len(b"T", "<i", 2**31 - 1)),
+    "LONG4": (2, _op_len(b"\x8b", "<i", 2**31 - 1)),
+}
+
+
+def test_declared_lengths_past_the_data_are_refused_under_1_gib(tmp_path: Path) -> None:
+  paths, declared = [], []
+  for name, (protocol, op) in _LENGTH_OPS.items():
+    payload = bytes([0x80, protocol]) + op + b"}."
+    for build in (_zip_with_pickle, _legacy_with_pickle):
+      paths.append(str(build(tmp_path, payload, f"{name}-{build.__name__}.pth")))
+      declared.append(struct.unpack("<Q" if len(op) == 9 else "<I", op[1:])[0])
+  out = _python_under(1, textwrap.dedent(f"""
+      from weights_port import pth
+      for path in {paths!r}:
+        try:
+          pth.read_state_dict(path)
+          print("loaded")
+        except pth.PthFormatError as error:
+          print(str(error).replace("\\n", " "))
+      """))
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  assert len(lines) == len(paths)
+  for path, length, line in zip(paths, declared, lines):
+    assert line.startswith(f"{path}: the file is truncated or corrupt"), line
+    assert f"needs {length} bytes at byte " in line, line
+
+
+def test_legacy_pickle_past_the_cap_is_refused_under_1_gib(tmp_path: Path) -> None:
+  """A legacy file whose pickle holds 1 GiB of bytes (a sparse file: cheap to write)."""
+  path = _legacy_with_pickle(tmp_path, b"\x80\x04" + _op_len(b"\x8e", "<Q", 1 << 30),
+                             "huge-legacy.pth")
+  with open(path, "r+b") as f:
+    f.truncate((1 << 30) + (1 << 20))
+  out = _python_under(1, textwrap.dedent(f"""
+      from weights_port import pth
+      try:
+        pth.read_state_dict({str(path)!r})
+      except pth.UnsafePickleError as error:
+        print(error)
+      """))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.startswith(f"{path}: refused to load: its pickle in the file runs past "
+                               f"64.0 MiB, far more than any state_dict needs"), out.stdout
+
+
+@pytest.mark.parametrize("build", [_zip_with_pickle, _legacy_with_pickle])
+def test_deep_legacy_and_zip_pickles_are_refused(tmp_path: Path, build) -> None:
+  path = _hostile_file(tmp_path, "deep_tuple_key", build)
+  with pytest.raises(UnsafePickleError, match="nests containers more than 100 deep"):
+    read_state_dict(path)
+
+
+def test_messages_never_show_a_deep_or_huge_object(tmp_path: Path) -> None:
+  # A tensor size that is a list 50 deep (under the limit) around a 1 MiB name.
+  huge = b"X" + struct.pack("<I", 1 << 20) + b"n" * (1 << 20)
+  payload = (b"\x80\x02ctorch._utils\n_rebuild_tensor\n(" + _STORAGE_PID + b"K\x00"
+             + _deep_list(50, huge) + b")tR.")
+  path = _zip_with_pickle(tmp_path, payload, "wordy.pth")
+  with pytest.raises(PthFormatError, match=r"wordy\.pth: .*tensor size \[\[\[.*is not a tuple "
+                                           r"of ints") as err:
+    read_state_dict(path)
+  assert len(str(err.value)) < 600, len(str(err.value))
+
+
+MUTATIONS = {
+    # name: a pickle that tries to change an object the reader hands to every file
+    "defaults_of_rebuild_v2": b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n"
+                              b"N}X\x0c\x00\x00\x00__defaults__)s\x86b.",
+    "attributes_of_rebuild_parameter": b"\x80\x02ctorch._utils\n_rebuild_parameter\n"
+                                       b"}X\x08\x00\x00\x00__call__Nsb.",
+    "storage_type": b"\x80\x02ctorch\nFloatStorage\nN}X\x05\x00\x00\x00dtypeK\x01s\x86b.",
+    "item_of_ordereddict_type": b"\x80\x02ccollections\nOrderedDict\nX\x01\x00\x00\x00kNs.",
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_file_cannot_change_how_later_files_load(tmp_path: Path, fmt: str) -> None:
+  build = _zip_with_pickle if fmt == "zip" else _legacy_with_pickle
+  for name, payload in MUTATIONS.items():
+    with pytest.raises(UnsafePickleError, match=r"tries to change a function or class it "
+                                                r"imported with (BUILD|SETITEM)"):
+      read_state_dict(build(tmp_path, payload, f"{name}.pth"))
+  # A good file read afterwards in the same process still loads as torch.load reads it.
+  _assert_matches_torch(_save(_tricky_state(), tmp_path / "good.pth", fmt))
+
+
+def test_unpickler_alone_hands_each_file_fresh_rebuild_functions(tmp_path: Path) -> None:
+  """Even without the opcode scan, the objects a file can reach are its own."""
+  from weights_port import pth as pth_module  # pylint: disable=import-outside-toplevel
+  for payload in MUTATIONS.values():
+    unpickler = pth_module._RestrictedUnpickler(  # pylint: disable=protected-access
+        io.BytesIO(payload), "crafted.pth", legacy=False, roots={})
+    try:
+      unpickler.load()
+    except Exception:  # pylint: disable=broad-except
+      pass  # refusing is fine; what matters is the next file
+  _assert_matches_torch(_save(_tricky_state(), tmp_path / "good.pth", "zip"))
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "densenet201"])
+def test_real_pickles_are_far_inside_the_pickle_bounds(tmp_path: Path, arch: str,
+                                                       monkeypatch) -> None:
+  # densenet201 has the most tensors (1207) of the architectures ftjax converts.
+  from weights_port import pth as pth_module  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  path = _save(getattr(torchvision.models, arch)().state_dict(), tmp_path / f"{arch}.pth", "zip")
+  with zipfile.ZipFile(path) as archive:
+    pickled = archive.read(f"{arch}/data.pkl")
+  opcodes = sum(1 for _ in pickletools.genops(pickled))
+  assert len(pickled) < pth_module._MAX_PICKLE_BYTES // 64  # pylint: disable=protected-access
+  assert opcodes < pth_module._MAX_PICKLE_OPS // 16  # pylint: disable=protected-access
+  # Its containers nest exactly 5 deep, as documented: loads at 5, refused at 4.
+  monkeypatch.setattr(pth_module, "_MAX_PICKLE_DEPTH", 5)
+  _assert_matches_torch(path)
+  monkeypatch.setattr(pth_module, "_MAX_PICKLE_DEPTH", 4)
+  with pytest.raises(UnsafePickleError, match="nests containers more than 4 deep"):
+    read_state_dict(path)
