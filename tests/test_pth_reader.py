@@ -572,3 +572,27 @@ def test_real_pickles_are_far_inside_the_pickle_bounds(tmp_path: Path, arch: str
   monkeypatch.setattr(pth_module, "_MAX_PICKLE_DEPTH", 4)
   with pytest.raises(UnsafePickleError, match="nests containers more than 4 deep"):
     read_state_dict(path)
+
+
+PICKLE_BOUNDS = {
+    # name: (pickle, expected message part)
+    "too_many_opcodes": (b"\x80\x02" + b"K\x00" * 1001 + b".", "has more than 1000 opcodes"),
+    "integer_of_505_bits": (b"\x80\x02\x8a\x40" + b"\x01" * 64 + b".",
+                            r"holds an integer of 505 bits \(byte 2 of "),
+    "out_of_band_buffer": (b"\x80\x05\x97.", "uses the opcode NEXT_BUFFER, which no state_dict"),
+    "call_of_a_number": (b"\x80\x02K\x01K\x02R.", "calls a plain value, not a function it "
+                                                  "imported"),
+    "memo_read_before_write": (b"\x80\x02h\x05.", "reads memo slot 5 before writing it"),
+}
+
+
+@pytest.mark.parametrize("case", PICKLE_BOUNDS)
+def test_pickles_outside_the_bounds_are_refused(tmp_path: Path, case: str, monkeypatch) -> None:
+  from weights_port import pth as pth_module  # pylint: disable=import-outside-toplevel
+  # The real bound (2**20 opcodes) takes seconds to reach; the count is the same code.
+  monkeypatch.setattr(pth_module, "_MAX_PICKLE_OPS", 1000)
+  payload, expected = PICKLE_BOUNDS[case]
+  path = _zip_with_pickle(tmp_path, payload, f"{case}.pth")
+  with pytest.raises(PthError, match=expected) as err:
+    read_state_dict(path)
+  assert str(err.value).startswith(f"{path}: "), err.value
