@@ -372,16 +372,8 @@ class _PickleScan:
   def run(self, reader: _CheckedReader) -> int:
     """Scans to the STOP opcode and returns the offset just past it."""
     ops = pickletools.genops(reader)
-    for count in range(_MAX_PICKLE_OPS + 1):
-      if count == _MAX_PICKLE_OPS:
-        raise self._refuse(f"has more than {_MAX_PICKLE_OPS} opcodes")
-      try:
-        op, arg, self._pos = next(ops)
-      except PthError:  # the reader's refusals are ValueErrors too
-        raise
-      except ValueError as e:  # genops: unknown opcode, bad argument, no STOP
-        raise _truncated(self._path, f"the pickle in {self._where} is malformed: "
-                                     f"{_error_text(e)}") from None
+    for _ in range(_MAX_PICKLE_OPS):
+      op, arg = self._next(ops)
       if op.name == "STOP":
         return self._pos + 1
       if isinstance(arg, int) and arg.bit_length() > _MAX_INT_BITS:
@@ -391,14 +383,27 @@ class _PickleScan:
       except IndexError:  # popped an empty stack or a missing mark
         raise _truncated(self._path, f"the pickle in {self._where} is malformed at byte "
                                      f"{self._pos} ({op.name} on too short a stack)") from None
-    raise AssertionError("unreachable")
+    raise self._refuse(f"has more than {_MAX_PICKLE_OPS} opcodes")
+
+  def _next(self, ops: Any) -> tuple[Any, Any]:
+    try:
+      op, arg, self._pos = next(ops)
+    except PthError:  # the reader's refusals are ValueErrors too
+      raise
+    except ValueError as e:  # genops: unknown opcode, bad argument, no STOP
+      raise _truncated(self._path, f"the pickle in {self._where} is malformed: "
+                                   f"{_error_text(e)}") from None
+    return op, arg
 
   def _refuse(self, detail: str) -> UnsafePickleError:
     return _refused(self._path, f"{detail} (byte {self._pos} of {self._where})")
 
-  def _push(self, node: _Node) -> None:
+  def _check_depth(self, node: _Node) -> None:
     if node.depth > _MAX_PICKLE_DEPTH:
       raise self._refuse(f"nests containers more than {_MAX_PICKLE_DEPTH} deep")
+
+  def _push(self, node: _Node) -> None:
+    self._check_depth(node)
     self._stack.append(node)
 
   def _pop(self) -> _Node:
@@ -442,8 +447,7 @@ class _PickleScan:
       raise self._refuse(f"tries to change {_KIND_WORDS.get(target.kind, 'a ' + target.kind)} "
                          f"with {name}; only containers it built itself may be changed")
     target.depth = max(target.depth, self._container(target.kind, items).depth)
-    if target.depth > _MAX_PICKLE_DEPTH:
-      raise self._refuse(f"nests containers more than {_MAX_PICKLE_DEPTH} deep")
+    self._check_depth(target)
 
   def _memo_index(self, index: int) -> int:
     if not 0 <= index < _MAX_PICKLE_OPS:  # the unpickler sizes its memo by the index
@@ -518,7 +522,6 @@ def _load_pickle(f: IO[bytes], size: int, path: str, where: str, legacy: bool,
   if f.tell() != stop:  # the scan and the unpickler must agree on where it ends
     raise _truncated(path, f"the pickle in {where} ends at byte {f.tell()}, not {stop}")
   return obj
-
 
 
 # --- checking layouts, then turning markers into arrays ---------------------------
