@@ -24,7 +24,7 @@ import time
 import jax
 
 from configs import base
-from ftjax import multirun, train
+from ftjax import experiment, multirun, training
 
 
 def make_config(args) -> "base.ml_collections.ConfigDict":
@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
   lrs = [float(x) for x in args.lrs.split(",")]
   seeds = [int(x) for x in args.seeds.split(",")]
   config = make_config(args)
-  train.prepared_builder(config, train.registry.get_arch(config.arch))  # data outside timing
+  experiment.load(config)  # data prepared outside the timing
   runs = len(lrs) * len(seeds)
 
   with tempfile.TemporaryDirectory() as root:
@@ -73,8 +73,8 @@ def main(argv=None) -> dict:
     group_seconds = time.perf_counter() - start
     start = time.perf_counter()
     for run_config in multirun.run_configs(config, lrs, seeds):
-      train.train_and_evaluate(run_config, pathlib.Path(root) / "alone" /
-                               f"lr{run_config.lr:g}_seed{run_config.seed}")
+      training.train_and_evaluate(run_config, pathlib.Path(root) / "alone" /
+                                  f"lr{run_config.lr:g}_seed{run_config.seed}")
     sequential_seconds = time.perf_counter() - start
 
   device = jax.devices()[0]

@@ -384,12 +384,12 @@ def _data_config(args, arch: registry.Arch):
 def prepared_source(args, arch: registry.Arch):
   """(dataset info, builder, train source); synthetic data is generated when missing."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from ftjax import train as train_lib  # pylint: disable=import-outside-toplevel
+  from ftjax.data.prepared import prepared_builder  # pylint: disable=import-outside-toplevel
   config = _data_config(args, arch)
   if config.resize < args.size:
     raise ValueError(f"--resize {config.resize} is smaller than the crop --size {args.size}.")
   tfds.disable_progress_bar()
-  info, builder = train_lib.prepared_builder(config, arch)
+  info, builder = prepared_builder(config, arch)
   return info, builder, builder.as_data_source("train")
 
 
@@ -408,7 +408,7 @@ def bench_data(args, arch: registry.Arch) -> dict[str, Any]:
 def bench_e2e(args, arch_name: str, strategy_name: str, phase: int,
               settings: Settings) -> dict[str, Any]:
   """The loader feeding the step as in `ftjax.train`: host batch -> device per step."""
-  from ftjax import distributed, train as train_lib  # pylint: disable=import-outside-toplevel
+  from ftjax import distributed, experiment  # pylint: disable=import-outside-toplevel
   from ftjax.data import pipeline  # pylint: disable=import-outside-toplevel
   s = settings
   arch = registry.get_arch(arch_name)
@@ -441,7 +441,7 @@ def bench_e2e(args, arch_name: str, strategy_name: str, phase: int,
     nonlocal state
     metrics = None
     for i in range(n):
-      host = train_lib.train_batch(  # pylint: disable=protected-access
+      host = experiment.train_batch(  # pylint: disable=protected-access
           next(stream), info.multilabel)
       batch = parallel.shard_batch(host)
       state, metrics = train_step(state, batch, jax.random.fold_in(key, offset + i))

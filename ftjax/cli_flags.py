@@ -1,8 +1,15 @@
-"""Command-line flag parsing shared by ftjax's commands."""
+"""Command-line flag parsing and error reporting shared by ftjax's commands."""
 
+import os
 import sys
+from typing import Any, Callable
 
-from absl import flags
+from absl import app, flags, logging
+import ml_collections
+
+from ftjax import run as run_lib
+from ftjax.data import DataError
+from ftjax.loop import TrainingDivergedError
 
 
 def parse(argv: list[str]) -> list[str]:
@@ -38,3 +45,33 @@ def _flag_argument(argv: list[str], name: str) -> str | None:
     if arg.lstrip("-") == name and i + 1 < len(argv):
       return argv[i + 1]
   return None
+
+
+def run_cli(argv, example: str, run: Callable[[ml_collections.ConfigDict], Any]) -> Any:
+  """The --config flag's config handed to `run`; a user error is one `error:` line and
+  exit status 1 (shared by the training commands). FTJAX_VERBOSE=1 shows tracebacks."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Orbax and TFDS log every checkpoint and dataset load at INFO; the run's own
+  # output is printed.
+  logging.set_verbosity(logging.ERROR)
+  config = flags.FLAGS.config
+  if config is None:
+    raise app.UsageError(f"--config is required, e.g. --config {example}")
+  verbose = os.environ.get("FTJAX_VERBOSE") == "1"  # tracebacks for bug reports
+  try:
+    return run(config)
+  except (DataError, FileNotFoundError, ValueError, TrainingDivergedError) as error:
+    if verbose:
+      raise
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+  except OSError as error:
+    # Disk full, read-only or vanished workdir in the middle of a run: the last
+    # good checkpoint is intact (saves are atomic), so rerunning resumes.
+    if verbose or error.errno not in run_lib.WORKDIR_FIXES:
+      raise
+    print(f"error: {error.filename or 'the workdir'}: {os.strerror(error.errno)}; "
+          f"{run_lib.WORKDIR_FIXES[error.errno]}. The last good checkpoint is kept: rerun "
+          f"the same command to resume.", file=sys.stderr)
+    sys.exit(1)

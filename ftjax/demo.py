@@ -14,7 +14,7 @@ import time
 
 from absl import logging
 
-from ftjax import train
+from ftjax.training import train_and_evaluate
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     run_config = config.copy_and_resolve_references()
     run_config.strategy = name
     print(f"\n== {name} ==", flush=True)
-    rows.append(train.train_and_evaluate(run_config, args.workdir / name))
+    rows.append(train_and_evaluate(run_config, args.workdir / name))
   print(f"\nsynthetic test split ({rows[0]['test']['count']} images), "
         f"{config.arch} from random init, lr {config.lr:g}, "
         f"{time.perf_counter() - start:.0f} s in all:\n")

@@ -13,7 +13,9 @@ import sys
 from absl import app, flags, logging
 import ml_collections
 
-from ftjax import checkpoints, cli_flags, evaluation, step, train
+from ftjax import checkpoints, cli_flags, evaluation, step
+from ftjax import run as run_lib
+from ftjax.data.prepared import prepared_builder
 from ftjax.data import DataError
 from ftjax.models import registry
 from ftjax.strategies import get_strategy
@@ -21,13 +23,9 @@ from ftjax.strategies import get_strategy
 def evaluate_run(workdir: str | pathlib.Path, split: str = "test",
                  checkpoint: str = "best") -> dict:
   workdir = pathlib.Path(workdir)
-  path = workdir / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{path}: not found; is {workdir} a run directory of "
-                            f"python -m ftjax.train?")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = ml_collections.ConfigDict(run_lib.RunDir(workdir).read_config())
   arch = registry.get_arch(config.arch)
-  info, builder = train.prepared_builder(config, arch)
+  info, builder = prepared_builder(config, arch)
   model = arch.build(info.num_classes)
   # Random variables of the right structure: the checkpoint supplies the values.
   like = registry.init_variables(arch, 0, info.num_classes)

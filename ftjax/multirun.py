@@ -25,8 +25,8 @@ device: the runs, not the batch, are what is parallel here.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
+import json
 import pathlib
 import sys
 import time
@@ -38,32 +38,11 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
-import tqdm
 
-from ftjax import checkpoints, cli_flags, distributed, evaluation, step, train
+from ftjax import checkpoints, cli_flags, distributed, experiment, loop, step
 from ftjax import run as run_lib
-from ftjax.data import DataError
-from ftjax.logging_utils import MetricWriter
-from ftjax.models import registry
-from ftjax.strategies import get_strategy
-
-
-@dataclasses.dataclass
-class Run:
-  """One member of the group: its config, workdir and bookkeeping."""
-
-  config: ml_collections.ConfigDict
-  workdir: pathlib.Path
-  loop: dict[str, Any]
-  diverged: str | None = None
-
-  @property
-  def active(self) -> bool:
-    return not (self.loop["stopped_early"] or self.diverged or self.finished)
-
-  @property
-  def finished(self) -> bool:
-    return self.loop["epoch"] >= self.config.num_epochs
+from ftjax.data.prepared import dataset_options
+from ftjax.experiment import Experiment, model_variables
 
 
 def run_configs(config: ml_collections.ConfigDict, lrs: Sequence[float],
@@ -92,203 +71,161 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
                 *, max_epochs_this_call: int | None = None) -> list[dict[str, Any] | None]:
   """Trains (or resumes) the group; returns each run's results (None: diverged,
   or unfinished after `max_epochs_this_call` epochs)."""
-  workdir = pathlib.Path(workdir)
   if config.get("cache_features", False):
     raise ValueError("config.cache_features is for single ftjax.train runs; LP on cached "
                      "features is a few matmuls per epoch already. Set "
                      "--config.cache_features=False, or run each LP with ftjax.train.")
   configs = run_configs(config, lrs, seeds)
   for run_config in configs:
-    train.check_config(run_config)
-  runs = [Run(c, workdir / train.default_workdir(c).removeprefix("runs/"), train.new_loop())
-          for c in configs]
-  group_dir = (runs[0].workdir.parents[1] / "multirun" /
-               (f"lr{'-'.join(f'{lr:g}' for lr in lrs)}_seed{'-'.join(map(str, seeds))}"))
-  arch = registry.get_arch(config.arch)
-  hparams = config.strategy_options.to_dict()
-  strategy = get_strategy(config.strategy, arch, {**hparams, "lr": config.lr})
-  info, builder = train.prepared_builder(config, arch)
-  sources = {split: builder.as_data_source(split) for split in ("train", "validation", "test")}
-  steps_per_epoch = train.train_steps_per_epoch(config, info.name, len(sources["train"]))
+    experiment.check_config(run_config)
+  exp = experiment.load(config)
+  if exp.strategy.reset_each_epoch and exp.strategy.rgn["every"] != "epoch":
+    raise ValueError("ftjax.multirun supports Auto-RGN with rgn_every='epoch' only.")
+  runs = [run_lib.RunDir(pathlib.Path(workdir) / run_lib.relative_path(
+      c.dataset, c.arch, c.strategy, c.lr, c.seed)) for c in configs]
+  group = run_lib.RunDir(runs[0].path.parents[1] / "multirun" / (
+      f"lr{'-'.join(f'{lr:g}' for lr in lrs)}_seed{'-'.join(map(str, seeds))}"))
   # Validated: now claim each run's directory (refusing one of another identity).
-  for run in runs:
-    train.check_workdir_writable(run.workdir)
-    train.claim_workdir(run.workdir, run.config, run_lib.run_identity(run.config, builder))
-  train.check_workdir_writable(group_dir)
-  loss_name = "sigmoid" if info.multilabel else "softmax"
-  compute_dtype = train.COMPUTE_DTYPES[config.compute_dtype]
-  model = arch.build(info.num_classes)
-  monitor = train.Monitor(config.early_stopping_metric)
-  eval_kwargs = dict(multilabel=info.multilabel, class_names=info.class_names,
-                     batch_size=config.eval_batch_size, crop=config.crop,
-                     num_workers=config.num_workers)
+  for run, run_config in zip(runs, configs):
+    run.check_writable()
+    run.claim_and_record({**json.loads(run_config.to_json_best_effort()),
+                          "dataset_options": dataset_options(run_config)},
+                         run_lib.run_identity(run_config, exp.builder))
+  group.check_writable()
+  members = [loop.Member(c, run) for c, run in zip(configs, runs)]
 
-  state = _stack([step.create_train_state(strategy, train.initial_variables(
-      run.config, arch, info.num_classes)) for run in runs])
-  group_ckpts = checkpoints.RunCheckpoints(group_dir)
+  state = _stack([step.create_train_state(exp.strategy, exp.initial_variables(m.config))
+                  for m in members])
+  group_ckpts = checkpoints.RunCheckpoints(group.path)
   restored = group_ckpts.restore_latest(state)
   if restored is not None:
     state, saved = restored
-    for run, loop, diverged in zip(runs, saved["loops"], saved["diverged"]):
-      run.loop, run.diverged = loop, diverged
-    print(f"{group_dir}: resuming after epoch {saved['epoch']}.")
-  for run in runs:
-    for name in ("metrics.jsonl", "rgn.jsonl"):
-      train.trim_jsonl(run.workdir / name, run.loop["epoch"])
-  run_ckpts = [checkpoints.RunCheckpoints(run.workdir) for run in runs]
-  writers = [MetricWriter(run.workdir) for run in runs]
-
-  lr_values = jnp.asarray([run.config.lr for run in runs], jnp.float32)
-  keys = [jax.random.split(jax.random.key(run.config.seed)) for run in runs]
-  step_keys, probe_keys = jnp.stack([k[0] for k in keys]), jnp.stack([k[1] for k in keys])
-  distinct_seeds = sorted({run.config.seed for run in runs})
-  # One data stream per seed; runs of the same seed read the same batches.
-  seed_row = jnp.asarray([distinct_seeds.index(run.config.seed) for run in runs])
-  shared = len(distinct_seeds) == 1
-
-  def step_batch(per_seed):
-    """One step's batch: [B, ...] from the one shared stream, else [seeds, B, ...]."""
-    return per_seed[0] if shared else train.stack_batches(per_seed)
-
-  def per_run(batches):
-    """The runs' batches and their vmap axis: the one shared stream as it is, or each
-    run's row of the per-seed batches."""
-    if shared:
-      return batches, None
-    return jax.tree_util.tree_map(lambda x: x[seed_row], batches), 0
-
-  def tx_for(lr):
-    return get_strategy(config.strategy, arch, {**hparams, "lr": lr}).transform
-
-  def group_step(trainable):
-    fn = step.make_step_fn(model, strategy, trainable, loss=loss_name,
-                           compute_dtype=compute_dtype)
-
-    def one(run_state, batch, key, lr, global_step):
-      return fn(run_state, batch, jax.random.fold_in(key, global_step), tx_for(lr))
-
-    def advance(states, batches, global_step):
-      batches, batch_axis = per_run(batches)
-      return jax.vmap(one, in_axes=(0, batch_axis, 0, 0, None))(
-          states, batches, step_keys, lr_values, global_step)
-
-    return jax.jit(advance, donate_argnums=(0,))
-
-  def start_rgn_epoch(states, batches, epoch):
-    probe = step.rgn_probe_fn(model, strategy, loss=loss_name, bn_mode=strategy.bn_mode,
-                              compute_dtype=compute_dtype)
-
-    def one(run_state, run_batches, key):
-      weights = probe(run_state, run_batches, jax.random.fold_in(key, epoch))
-      return step.start_rgn_epoch(run_state, strategy, weights), weights
-
-    batches, batch_axis = per_run(batches)
-    return jax.vmap(one, in_axes=(0, batch_axis, 0))(states, batches, probe_keys)
-
-  start_rgn_epoch = jax.jit(start_rgn_epoch, donate_argnums=(0,))
-  device = distributed.DataParallel(jax.devices()[:1])
+    print(f"{group.path}: resuming after epoch {saved['epoch']}.")
+  else:
+    saved = {"epoch": 0, "loops": [None] * len(members), "diverged": [None] * len(members)}
+  for member, saved_loop, diverged in zip(members, saved["loops"], saved["diverged"]):
+    member.start(saved_loop, diverged)
   if jax.device_count() > 1:
     print(f"multirun: training on 1 of {jax.device_count()} devices; start one group per "
           f"device (CUDA_VISIBLE_DEVICES=i) to use the others.", file=sys.stderr)
-  steps: dict[int, Any] = {}
-  epoch = min(run.loop["epoch"] for run in runs)
-  epochs_this_call = 0
-  while any(run.active for run in runs):
-    if max_epochs_this_call is not None and epochs_this_call >= max_epochs_this_call:
-      break
-    phase_index = strategy.plan.phase_index(epoch)
-    trainable = strategy.plan.phases[phase_index].trainable
-    if phase_index not in steps:
-      steps[phase_index] = group_step(trainable)
-    loaders = [iter(train.epoch_loader(
-        _with_seed(config, seed), sources["train"], epoch)) for seed in distinct_seeds]
-    batches = (step_batch([train.train_batch(next(l), info.multilabel) for l in loaders])
-               for _ in range(steps_per_epoch))
-    start = time.perf_counter()
-    first = []
-    if strategy.reset_each_epoch:
-      if strategy.rgn["every"] != "epoch":
-        raise ValueError("ftjax.multirun supports Auto-RGN with rgn_every='epoch' only.")
-      first = [next(batches) for _ in range(min(strategy.rgn["batches"], steps_per_epoch))]
-      # [rgn_batches, B, ...] for one shared stream, else [seeds, rgn_batches, B, ...].
-      probe_batches = train.stack_batches(first, axis=0 if shared else 1)
-      state, weights = start_rgn_epoch(state, probe_batches, epoch)
-      for index, run in enumerate(runs):
-        if run.active:
-          writers[index].write_rgn(epoch, _unstack(weights, index))
-    global_step = int(state.step[0])
-    advance = steps[phase_index]
-    losses = []
-    bar = tqdm.tqdm(total=steps_per_epoch, disable=None if config.progress else True,
-                    leave=False, desc=f"epoch {epoch + 1}/{config.num_epochs} "
-                                      f"[{len(runs)} runs]", unit="step")
-    device_batches = device.prefetch(itertools.chain(first, batches), config.prefetch)
-    for i, batch in enumerate(device_batches):
-      state, metrics = advance(state, batch, global_step + i)
-      losses.append(metrics["loss"])
-      bar.update(1)
-    bar.close()
-    step_losses = np.asarray(jax.device_get(losses), np.float32)  # [steps, runs]
-    epoch_seconds = time.perf_counter() - start
 
-    for index, run in enumerate(runs):
-      if not run.active:
-        continue
-      run_losses = step_losses[:, index]
-      try:
-        train.check_finite(run_losses, epoch=epoch, first_step=global_step,
-                           config=run.config, workdir=run.workdir,
-                           epochs_done=run.loop["epoch"])
-      except train.TrainingDivergedError as error:
-        run.diverged = str(error)
-        print(f"{run.workdir}: {error}", file=sys.stderr)
-        continue
-      variables = _unstack(train.model_variables(state), index)
-      val = evaluation.evaluate(model, variables, sources["validation"], **eval_kwargs)
-      if monitor.record(run.loop, epoch, val, last_phase_start=strategy.plan.last_phase_start,
-                        patience=run.config.patience, seconds=epoch_seconds / len(runs)):
-        run_ckpts[index].save_best(epoch, variables)
-      writers[index].write_epoch(epoch, {
-          "phase": phase_index, "trainable": sorted(trainable),
-          "train_loss": float(np.mean(run_losses)),
-          "images_per_second": steps_per_epoch * config.batch_size * len(runs) / epoch_seconds,
-          "epoch_seconds": epoch_seconds, "multirun": len(runs),
-          **{f"val_{k}": v for k, v in val.items()}})
-    epoch += 1
-    epochs_this_call += 1
+  def checkpoint(epoch, state):
     group_ckpts.save_latest(epoch, state, {
-        "epoch": epoch, "loops": [run.loop for run in runs],
-        "diverged": [run.diverged for run in runs]})
-    if config.progress:
-      print(f"epoch {epoch}: " + ", ".join(
-          f"lr={run.config.lr:g} seed={run.config.seed} "
-          + ("diverged" if run.diverged else f"loss {np.mean(step_losses[:, i]):.4f}")
-          for i, run in enumerate(runs)), flush=True)
+        "epoch": epoch, "loops": [m.loop.to_json() for m in members],
+        "diverged": [m.diverged for m in members]})
 
-  results = []
-  for index, run in enumerate(runs):
-    writers[index].close()
-    if run.diverged or run.active:
-      run_ckpts[index].close()
-      results.append(None)
-      continue
-    like = _unstack(train.model_variables(state), index)
-    best_epoch, best = run_ckpts[index].restore_best(like)
-    run_ckpts[index].close()
-    results.append(train.finish_run(
-        run.config, run.workdir, info=info, arch=arch, strategy_name=strategy.name,
-        data_config=builder.builder_config.name, loop=run.loop, best_epoch=best_epoch,
-        test=evaluation.evaluate(model, best, sources["test"], **eval_kwargs),
-        val=evaluation.evaluate(model, best, sources["validation"], **eval_kwargs),
-        devices=1, extra={"multirun": len(runs)}))
+  runner = GroupRunner(exp, members)
+  state = loop.run_epochs(exp, runner, state, members, epoch=saved["epoch"],
+                          checkpoint=checkpoint,
+                          max_epochs_this_call=max_epochs_this_call,
+                          raise_divergence=False)
+  results = loop.finish(exp, runner, state, members, devices=1)
   group_ckpts.close()
   return results
 
 
-def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
-  copy = ml_collections.ConfigDict(config.to_dict())
-  copy.seed = seed
-  return copy
+class GroupRunner:
+  """The group's epoch: one compiled, vmapped step advances every run.
+
+  One data stream per distinct seed; runs of the same seed read the same batches.
+  """
+
+  def __init__(self, exp: Experiment, members: list[loop.Member]):
+    self.exp = exp
+    self.extra_metrics = {"multirun": len(members)}
+    self.device = distributed.DataParallel(jax.devices()[:1])
+    run_seeds = [m.config.seed for m in members]
+    self.seeds = sorted(set(run_seeds))
+    # Each run's row of the per-seed batches (unused with one shared stream).
+    self.seed_row = jnp.asarray([self.seeds.index(s) for s in run_seeds])
+    self.shared = len(self.seeds) == 1
+    self.lrs = jnp.asarray([m.config.lr for m in members], jnp.float32)
+    keys = [jax.random.split(jax.random.key(s)) for s in run_seeds]
+    self.step_keys = jnp.stack([k[0] for k in keys])
+    self.probe_keys = jnp.stack([k[1] for k in keys])
+    self._steps: dict[int, Any] = {}
+    self._start_rgn = jax.jit(self._start_rgn_epoch, donate_argnums=(0,))
+
+  def _per_run(self, batches):
+    """The runs' batches and their vmap axis: the one shared stream as it is, or each
+    run's row of the per-seed batches."""
+    if self.shared:
+      return batches, None
+    return jax.tree_util.tree_map(lambda x: x[self.seed_row], batches), 0
+
+  def _group_step(self, phase: int):
+    if phase in self._steps:
+      return self._steps[phase]
+    exp = self.exp
+    fn = step.make_step_fn(exp.model, exp.strategy, exp.strategy.plan.phases[phase].trainable,
+                           loss=exp.loss_name, compute_dtype=exp.compute_dtype)
+
+    def one(run_state, batch, key, lr, global_step):
+      # The run's optax transform, built inside the vmapped step from its traced lr.
+      tx = exp.strategy_with_lr(lr).transform
+      return fn(run_state, batch, jax.random.fold_in(key, global_step), tx)
+
+    def advance(states, batches, global_step):
+      batches, batch_axis = self._per_run(batches)
+      return jax.vmap(one, in_axes=(0, batch_axis, 0, 0, None))(
+          states, batches, self.step_keys, self.lrs, global_step)
+
+    self._steps[phase] = jax.jit(advance, donate_argnums=(0,))
+    return self._steps[phase]
+
+  def _start_rgn_epoch(self, states, batches, epoch):
+    exp = self.exp
+    probe = step.rgn_probe_fn(exp.model, exp.strategy, loss=exp.loss_name,
+                              bn_mode=exp.strategy.bn_mode, compute_dtype=exp.compute_dtype)
+
+    def one(run_state, run_batches, key):
+      weights = probe(run_state, run_batches, jax.random.fold_in(key, epoch))
+      return step.start_rgn_epoch(run_state, exp.strategy, weights), weights
+
+    batches, batch_axis = self._per_run(batches)
+    return jax.vmap(one, in_axes=(0, batch_axis, 0))(states, batches, self.probe_keys)
+
+  def _batches(self, epoch: int):
+    """Each step's batch: [B, ...] from the one shared stream, else [seeds, B, ...]."""
+    exp = self.exp
+    loaders = [iter(experiment.epoch_loader(exp.config, exp.sources["train"], epoch, seed))
+               for seed in self.seeds]
+    for _ in range(exp.steps_per_epoch):
+      per_seed = [experiment.train_batch(next(l), exp.info.multilabel) for l in loaders]
+      yield per_seed[0] if self.shared else experiment.stack_batches(per_seed)
+
+  def train_epoch(self, state, epoch: int) -> loop.EpochResult:
+    exp, config = self.exp, self.exp.config
+    advance = self._group_step(exp.strategy.plan.phase_index(epoch))
+    batches = self._batches(epoch)
+    start = time.perf_counter()
+    first, rgn_weights = [], None
+    if exp.strategy.reset_each_epoch:
+      first = list(itertools.islice(batches, min(exp.strategy.rgn["batches"],
+                                                 exp.steps_per_epoch)))
+      # [rgn_batches, B, ...] for one shared stream, else [seeds, rgn_batches, B, ...].
+      probe_batches = experiment.stack_batches(first, axis=0 if self.shared else 1)
+      state, weights = self._start_rgn(state, probe_batches, epoch)
+      weights = jax.device_get(weights)  # the steps donate the state they are part of
+      rgn_weights = [_unstack(weights, i) for i in range(len(self.lrs))]
+    global_step = int(state.step[0])
+    bar = loop.progress_bar(config, epoch, exp.steps_per_epoch, f"{len(self.lrs)} runs")
+    state, losses = loop.run_steps(
+        lambda s, batch, i: advance(s, batch, global_step + i), state,
+        self.device.prefetch(itertools.chain(first, batches), config.prefetch), bar,
+        config.batch_size * len(self.lrs))
+    step_losses = np.asarray(jax.device_get(losses), np.float32)  # [steps, runs]
+    return loop.EpochResult(state, step_losses, global_step, time.perf_counter() - start,
+                            rgn_weights)
+
+  def variables(self, state, index: int) -> dict[str, Any]:
+    return _unstack(model_variables(state), index)
+
+  def validate(self, variables) -> dict[str, float]:
+    return self.evaluate(variables, "validation")
+
+  def evaluate(self, variables, split: str) -> dict[str, float]:
+    return self.exp.evaluate(variables, split)
 
 
 def _floats(text: str) -> list[float]:
@@ -301,7 +238,7 @@ def main(argv) -> None:
     seeds = [int(x) for x in _floats(flags.FLAGS.seeds)] if flags.FLAGS.seeds else [config.seed]
     return train_group(config, lrs, seeds, flags.FLAGS.workdir)
 
-  results = train.run_cli(argv, "configs/base.py:bach,ft", run)
+  results = cli_flags.run_cli(argv, "configs/base.py:bach,ft", run)
   if any(r is None for r in results):
     sys.exit(1)
 

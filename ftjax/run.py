@@ -18,12 +18,14 @@ differing fields, or with overwrite=True moves it aside (never deletes it).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import pathlib
 import re
+import sys
 from typing import Any
 
 # How a run shows progress or where it finds its inputs: not what it computes.
@@ -36,12 +38,32 @@ LAYOUT = re.compile(r"^(?P<dataset>[^/]+)/(?P<arch>[^/]+)/(?P<strategy>[^/]+)/"
                     r"lr(?P<lr>[^/]+)/seed(?P<seed>-?\d+)$")
 
 
+# The fix for each way a workdir can refuse to be written.
+WORKDIR_FIXES = {
+    errno.ENOSPC: "the disk is full: free some space or use a --workdir on another disk",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or use a --workdir "
+                  "on another disk",
+    errno.EACCES: "permission denied: make it writable (chmod/chown) or use another "
+                  "--workdir",
+    errno.EPERM: "permission denied: make it writable (chmod/chown) or use another "
+                 "--workdir",
+    errno.EROFS: "the file system is read-only: use a --workdir on a writable disk",
+    errno.ENOTDIR: "a file stands where a folder is needed: use another --workdir",
+    errno.EEXIST: "a file stands where a folder is needed: use another --workdir",
+}
+LOGS = ("metrics.jsonl", "rgn.jsonl")
+
+
 class RunMismatch(ValueError):
   """The directory holds a run of another identity."""
 
 
 class RunLocked(ValueError):
   """Another process is training this run."""
+
+
+class RunVanished(FileNotFoundError):
+  """The run's directory (its identity.json) disappeared while the run trained."""
 
 
 def relative_path(dataset: str, arch: str, strategy: str, lr: float, seed: int) -> str:
@@ -229,6 +251,98 @@ class RunDir:
     write_atomic(self.path / self.CONFIG, json.dumps(config, indent=2) + "\n")
     write_atomic(self.path / self.IDENTITY, json.dumps(
         {"hash": identity_hash(fields), "fields": fields}, indent=2, sort_keys=True) + "\n")
+
+  def check_present(self) -> None:
+    """RunVanished if identity.json is gone: the directory was deleted, moved or
+    unmounted under the running process (writing on would create a run without
+    identity, in pieces)."""
+    if not (self.path / self.IDENTITY).exists():
+      raise RunVanished(
+          f"{self.path}: the run directory vanished while the run trained (deleted, "
+          f"moved, or its disk unmounted); training stopped and nothing more was written "
+          f"there. If you moved it, move it back and rerun the same command to resume; "
+          f"otherwise rerun it to start the run again.")
+
+  def read_config(self) -> dict[str, Any]:
+    """config.json; a missing or damaged one is a ValueError naming the fix."""
+    path = self.path / self.CONFIG
+    if not path.exists():
+      raise FileNotFoundError(f"{path}: not found; is {self.path} a run directory of "
+                              f"python -m ftjax.train?")
+    try:
+      config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+      config = error
+    if not isinstance(config, dict):
+      raise ValueError(f"{path}: damaged (not a JSON object). Rerun the run's "
+                       f"python -m ftjax.train command: it rewrites config.json of a run "
+                       f"whose identity.json is intact.")
+    return config
+
+  def repair_config(self, config: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """Rewrites a missing or damaged config.json of a run of exactly this identity
+    (identity.json is intact, so nothing about the run is in doubt)."""
+    if not self.matches(fields):
+      return False
+    try:
+      self.read_config()
+      return False
+    except (FileNotFoundError, ValueError):
+      write_atomic(self.path / self.CONFIG, json.dumps(config, indent=2) + "\n")
+      print(f"warning: {self.path / self.CONFIG} was missing or damaged; written again "
+            f"from this run's config (its identity.json matches).", file=sys.stderr)
+      return True
+
+  def claim_and_record(self, config: dict[str, Any], fields: dict[str, Any], *,
+                       overwrite: bool = False, record: bool = True) -> pathlib.Path | None:
+    """`claim`, then (if `record`: process 0) write config.json and identity.json
+    unless they already hold this identity. Returns where an old run was moved."""
+    aside = self.claim(fields, overwrite=overwrite)
+    if aside is not None:
+      print(f"{self.path}: the run there had another identity; moved it to {aside}.")
+    if record and not self.matches(fields):
+      self.check_writable()
+      self.write_identity(config, fields)
+    return aside
+
+  def check_writable(self, probe_bytes: int = 1 << 16) -> None:
+    """Creates the directory and writes a small probe file, so that a read-only or
+    full disk fails now, with the fix, instead of at the first checkpoint."""
+    probe = self.path / f".write_probe.{os.uname().nodename}.{os.getpid()}"
+    try:
+      self.path.mkdir(parents=True, exist_ok=True)
+      fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+      try:
+        os.write(fd, b"\0" * probe_bytes)
+        os.fsync(fd)
+      finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+    except OSError as error:
+      if error.errno not in WORKDIR_FIXES:
+        raise
+      raise ValueError(f"workdir {self.path.absolute()} is not writable "
+                       f"({os.strerror(error.errno)}); {WORKDIR_FIXES[error.errno]}."
+                       ) from error
+
+  def trim_logs(self, epochs_done: int) -> None:
+    """Drops log lines of epochs a killed run wrote but did not checkpoint (they are
+    run again) and a half-written last line."""
+    for name in LOGS:
+      path = self.path / name
+      if not path.exists():
+        continue
+      text = path.read_text()
+      kept = []
+      for line in text.splitlines():
+        try:
+          if json.loads(line)["epoch"] < epochs_done:
+            kept.append(line)
+        except (ValueError, KeyError, TypeError):
+          continue
+      trimmed = "".join(line + "\n" for line in kept)
+      if trimmed != text:
+        write_atomic(path, trimmed)
 
   def lock(self) -> RunLock:
     """The run's lock, held: RunLocked if another process holds it."""

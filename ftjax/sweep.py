@@ -7,7 +7,7 @@ one `ftjax.train` run per cell, in <workdir>/<dataset>/<arch>/<strategy>/lr<lr>/
   its checkpoint (train_and_evaluate does that); a failed run is retried by the
   next sweep, at most --max_attempts times in all (then it is listed as given up
   until --retry_failed).
-- A run whose training loss became NaN/Inf (ftjax.train.TrainingDivergedError)
+- A run whose training loss became NaN/Inf (ftjax.loop.TrainingDivergedError)
   would diverge again from the same config, so it is recorded in
   <run>/diverged.json, listed as diverged (not failed, exit status unaffected)
   and not retried by later sweeps unless --retry_diverged.
@@ -136,11 +136,11 @@ def expected_identity(config: ml_collections.ConfigDict) -> dict[str, Any] | Non
     return None
 
 
-def is_done(run_dir: pathlib.Path, identity: dict[str, Any] | None = None) -> bool:
-  """results.json of a run with this identity (any finished run if identity is None)."""
-  if identity is None:
-    return (run_dir / RESULTS_NAME).exists()
-  return run_lib.RunDir(run_dir).is_finished(identity)
+def is_done(run_dir: pathlib.Path, identity: dict[str, Any] | None) -> bool:
+  """results.json of a run with exactly this identity. Without an identity (it
+  cannot be computed yet) nothing counts as done: the run is attempted, and
+  train either finds it finished or says what is missing."""
+  return identity is not None and run_lib.RunDir(run_dir).is_finished(identity)
 
 
 def failed_attempts(run_dir: pathlib.Path) -> int:
@@ -160,10 +160,13 @@ def diverged_error(run_dir: pathlib.Path) -> str:
 
 
 def status(run_dir: pathlib.Path, identity: dict[str, Any] | None = None) -> str:
-  """done | other (holds a run of another identity) | running (locked by a process) |
-  diverged | failed | partial | pending."""
+  """done | other (holds a run of another identity) | unverified (finished, but this
+  run's identity cannot be computed: data or weights missing) | running (locked by
+  a process) | diverged | failed | partial | pending."""
   if is_done(run_dir, identity):
     return "done"
+  if identity is None and (run_dir / RESULTS_NAME).exists():
+    return "unverified"
   if identity is not None and run_lib.RunDir(run_dir).mismatch(identity):
     return "other"
   if (run_dir / LOCK_NAME).exists():
@@ -189,10 +192,10 @@ def run_in_process(spec: RunSpec, config: ml_collections.ConfigDict, run_dir: pa
                    device: str | None = None) -> None:
   """Trains the run in this process (raises on failure)."""
   del spec, device
-  from ftjax import train  # pylint: disable=import-outside-toplevel
+  from ftjax import loop, training  # pylint: disable=import-outside-toplevel
   try:
-    results = train.train_and_evaluate(config, run_dir, lock_held=True)
-  except train.TrainingDivergedError as error:
+    results = training.train_and_evaluate(config, run_dir, lock_held=True)
+  except loop.TrainingDivergedError as error:
     raise RunDiverged(str(error)) from error
   if results is None:
     raise RuntimeError("train_and_evaluate returned without results.")

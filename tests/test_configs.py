@@ -11,7 +11,8 @@ import pytest
 
 from configs import base, sweep_paper
 from ftjax import run as run_lib
-from ftjax import sweep, train
+from ftjax import sweep, training
+from ftjax.data.prepared import dataset_options, prepared_builder
 from ftjax.data import DataError
 from ftjax.models import registry
 
@@ -35,11 +36,11 @@ def test_command_line_sets_dataset_options():
                   "--config.dataset_options.val_fraction=0.25")
   assert config.dataset_options.unit == "image"
   assert config.dataset_options.val_fraction == 0.25
-  assert train.dataset_options(config) == {"unit": "image", "val_fraction": 0.25}
+  assert dataset_options(config) == {"unit": "image", "val_fraction": 0.25}
 
 
 def test_unset_options_keep_the_datasets_defaults():
-  assert train.dataset_options(base.get_config("mura_wrist,lp")) == {}
+  assert dataset_options(base.get_config("mura_wrist,lp")) == {}
 
 
 @pytest.mark.parametrize("override, where, valid", [
@@ -62,7 +63,7 @@ def test_unknown_option_is_refused_with_the_valid_ones():
   config = base.get_config("bach,ft")
   config.dataset_options = {"unit": "image"}
   with pytest.raises(ValueError, match=r"\['unit'\].*bach.*test_fraction"):
-    train.prepared_builder(config, registry.get_arch("resnet50"))
+    prepared_builder(config, registry.get_arch("resnet50"))
 
 
 def test_not_prepared_hint_repeats_the_options(tmp_path):
@@ -70,7 +71,7 @@ def test_not_prepared_hint_repeats_the_options(tmp_path):
   config.data_dir = str(tmp_path)
   config.dataset_options.unit = "image"
   with pytest.raises(DataError, match="--option unit=image"):
-    train.prepared_builder(config, registry.get_arch("resnet50"))
+    prepared_builder(config, registry.get_arch("resnet50"))
 
 
 def test_not_prepared_hint_names_what_is_prepared(tmp_path):
@@ -79,7 +80,7 @@ def test_not_prepared_hint_names_what_is_prepared(tmp_path):
   config.data_dir = str(tmp_path)
   with pytest.raises(DataError, match=r"\(config patient_r232\)\. Prepared there with other "
                      r"settings: image_r256 "):
-    train.prepared_builder(config, registry.get_arch("resnet50"))
+    prepared_builder(config, registry.get_arch("resnet50"))
 
 
 @pytest.mark.parametrize("field, value, requirement", [
@@ -96,7 +97,7 @@ def test_unusable_values_are_refused_before_the_run(tmp_path, field, value, requ
   config = base.get_config("synthetic,ft,resnet18")
   config[field] = value
   with pytest.raises(ValueError, match=rf"config\.{field} must be {requirement}, got "):
-    train.train_and_evaluate(config, tmp_path / "run")
+    training.train_and_evaluate(config, tmp_path / "run")
   assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
@@ -105,7 +106,7 @@ def test_unknown_early_stopping_metric_is_refused_before_the_run(tmp_path):
   config.early_stopping_metric = "acc"
   with pytest.raises(ValueError, match="early_stopping_metric must be 'loss' or a metric "
                      "name, got 'acc'"):
-    train.train_and_evaluate(config, tmp_path / "run")
+    training.train_and_evaluate(config, tmp_path / "run")
   assert not (tmp_path / "run").exists()  # a fixed rerun is not refused as another config
 
 
@@ -113,7 +114,7 @@ def test_sweep_gives_each_dataset_the_options_it_has():
   sweep_base = sweep_paper.get_config().base
   sweep_base.dataset_options.unit = "image"
   sweep_base.dataset_options.test_fraction = 0.3
-  options = {name: train.dataset_options(
+  options = {name: dataset_options(
       sweep.RunSpec(name, "resnet50", "ft", 1e-4, 0).config(sweep_base))
              for name in ("chexpert", "mura_wrist", "bach", "cholect50")}
   assert options == {"chexpert": {"unit": "image"}, "mura_wrist": {"unit": "image"},

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import distributed, train
+from ftjax import distributed, training
 from tests.test_train import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,14 +23,14 @@ LR = 1e-5
 _SCRIPT = """
 import json, sys
 import jax, numpy as np
-from ftjax import checkpoints, train
+from ftjax import checkpoints, training
 from ftjax.models import registry
 from tests.test_train import tiny_config
 
 def main():
   data_dir, workdir, out = sys.argv[1:4]
   config = tiny_config(data_dir, "ft", eval_batch_size=20, lr=float(sys.argv[4]))
-  results = train.train_and_evaluate(config, workdir)
+  results = training.train_and_evaluate(config, workdir)
   like = registry.init_variables(registry.get_arch(config.arch), 0, 4)
   ckpts = checkpoints.RunCheckpoints(workdir)
   _, best = ckpts.restore_best(like)
@@ -190,8 +190,8 @@ def test_batch_not_divisible_by_devices_names_the_field():
 
 
 def test_train_refuses_indivisible_batch_on_four_devices(tmp_path):
-  script = ("import sys; from tests.test_train import tiny_config; from ftjax import train\n"
-            "train.train_and_evaluate(tiny_config(sys.argv[1], 'ft', batch_size=18), "
+  script = ("import sys; from tests.test_train import tiny_config; from ftjax import training\n"
+            "training.train_and_evaluate(tiny_config(sys.argv[1], 'ft', batch_size=18), "
             "sys.argv[2])\n")
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PYTHONPATH": str(ROOT)}

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import checkpoints, train
+from ftjax import checkpoints, experiment, loop, training
+from ftjax.data.prepared import prepared_builder
 from ftjax.models import registry
 from tests.test_train import best_checkpoint, tiny_config
 
@@ -38,7 +39,7 @@ def _lines(path: pathlib.Path) -> int:
 
 def test_sigkill_at_many_points_resumes_to_identical_results(data_dir, tmp_path):
   config = tiny_config(data_dir, "lp_ft", num_epochs=4)
-  train.prepared_builder(config, registry.get_arch(config.arch))  # data made once
+  prepared_builder(config, registry.get_arch(config.arch))  # data made once
   config_file = tmp_path / "tiny.py"
   config_file.write_text(
       "from tests.test_train import tiny_config\n\n\n"
@@ -82,7 +83,7 @@ def test_sigkill_at_many_points_resumes_to_identical_results(data_dir, tmp_path)
   final = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
   assert final.returncode == 0, final.stderr[-3000:]
 
-  straight = train.train_and_evaluate(config, tmp_path / "straight")
+  straight = training.train_and_evaluate(config, tmp_path / "straight")
   resumed = json.loads((work / "results.json").read_text())
   for key in ("best_epoch", "epochs_run", "validation", "test"):
     assert resumed[key] == straight[key], key
@@ -97,21 +98,21 @@ def test_sigkill_at_many_points_resumes_to_identical_results(data_dir, tmp_path)
 
 def test_restore_latest_ignores_incomplete_tmp_checkpoint(data_dir, tmp_path):
   config = tiny_config(data_dir, "lp", num_epochs=2)
-  assert train.train_and_evaluate(config, tmp_path, max_epochs_this_call=1) is None
+  assert training.train_and_evaluate(config, tmp_path, max_epochs_this_call=1) is None
   latest = tmp_path / "checkpoints" / "latest"
   # A save killed halfway: a temporary directory with a partial checkpoint.
   (latest / "2.orbax-checkpoint-tmp-1234567" / "state").mkdir(parents=True)
   ckpts = checkpoints.RunCheckpoints(tmp_path)
   assert ckpts.latest.latest_step() == 1
   ckpts.close()
-  results = train.train_and_evaluate(config, tmp_path)
+  results = training.train_and_evaluate(config, tmp_path)
   assert results["epochs_run"] == 2
   assert not list(latest.glob(_TMP))
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(data_dir, tmp_path,
                                                                  monkeypatch):
-  real = train.epoch_loader
+  real = experiment.epoch_loader
 
   def poisoned(config, source, epoch):
     for i, batch in enumerate(real(config, source, epoch)):
@@ -120,12 +121,12 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(data_dir, tmp_p
         batch = {**batch, "image": np.full(batch["image"].shape, np.nan, np.float32)}
       yield batch
 
-  monkeypatch.setattr(train, "epoch_loader", poisoned)
+  monkeypatch.setattr(experiment, "epoch_loader", poisoned)
   config = tiny_config(data_dir, "ft", num_epochs=3)
-  with pytest.raises(train.TrainingDivergedError,
+  with pytest.raises(loop.TrainingDivergedError,
                      match=r"training loss is nan at epoch 2/3, step 3 of the epoch "
                            r"\(global step 9\).*checkpoint after epoch 1 is kept"):
-    train.train_and_evaluate(config, tmp_path)
+    training.train_and_evaluate(config, tmp_path)
   assert _steps(tmp_path / "checkpoints" / "latest") == [1]
   assert _lines(tmp_path / "metrics.jsonl") == 1
   assert not (tmp_path / "results.json").exists()
@@ -139,13 +140,13 @@ def test_unwritable_workdir_fails_before_training(code, fix, data_dir, tmp_path,
   def failing_write(fd, data):
     raise OSError(code, os.strerror(code))
 
-  monkeypatch.setattr(train.os, "write", failing_write)
+  monkeypatch.setattr(os, "write", failing_write)
   with pytest.raises(ValueError, match=rf"workdir .*run is not writable .*{fix}"):
-    train.train_and_evaluate(tiny_config(data_dir, "lp"), tmp_path / "run")
+    training.train_and_evaluate(tiny_config(data_dir, "lp"), tmp_path / "run")
   assert not (tmp_path / "run" / "config.json").exists()
 
 
 def test_workdir_under_a_file_is_refused(data_dir, tmp_path):
   (tmp_path / "file").write_text("x")
   with pytest.raises(ValueError, match=r"not writable .*use another --workdir"):
-    train.train_and_evaluate(tiny_config(data_dir, "lp"), tmp_path / "file" / "run")
+    training.train_and_evaluate(tiny_config(data_dir, "lp"), tmp_path / "file" / "run")

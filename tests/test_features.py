@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import demo
-from ftjax import evaluation, features, step, train
+from ftjax import evaluation, features, step
+from ftjax.data.prepared import prepared_builder
 from ftjax.data import pipeline
 from ftjax.models import layers, registry, vgg
 from ftjax.strategies import get_strategy
@@ -30,7 +31,7 @@ def sources(tmp_path_factory):
   config.dataset_options.num_test = 16
   config.resize, config.crop = 36, CROP
   arch = registry.get_arch("resnet18")
-  info, builder = train.prepared_builder(config, arch)
+  info, builder = prepared_builder(config, arch)
   return info, {s: builder.as_data_source(s) for s in ("train", "validation")}
 
 

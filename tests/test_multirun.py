@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import multirun, train
+from ftjax import multirun, training
+from ftjax import run as run_lib
 from tests.test_train import best_checkpoint, tiny_config
 
 # Small learning rates: Adam turns float32 rounding differences of near-zero
@@ -40,8 +41,8 @@ def test_vmapped_runs_equal_separate_runs(strategy, data_dir, tmp_path):
   assert all(r is not None for r in results)
   for run_config, result in zip(multirun.run_configs(config, lrs, seeds), results):
     alone_dir = tmp_path / f"alone_{run_config.lr:g}_{run_config.seed}"
-    alone = train.train_and_evaluate(run_config, alone_dir)
-    group_dir = tmp_path / "group" / train.default_workdir(run_config).removeprefix("runs/")
+    alone = training.train_and_evaluate(run_config, alone_dir)
+    group_dir = tmp_path / "group" / run_lib.relative_path(run_config.dataset, run_config.arch, run_config.strategy, run_config.lr, run_config.seed)
     assert json.loads((group_dir / "results.json").read_text()) == result
     assert (result["lr"], result["seed"], result["multirun"]) == (
         run_config.lr, run_config.seed, len(results))
@@ -84,7 +85,7 @@ def test_worker_processes_with_unequal_remainders(data_dir, tmp_path):
   config = tiny_config(data_dir, "lp", num_epochs=1, num_workers=2, batch_size=8)
   [result] = multirun.train_group(config, [1e-3], [0], tmp_path / "group")
   [run_config] = multirun.run_configs(config, [1e-3], [0])
-  alone = train.train_and_evaluate(run_config, tmp_path / "alone")
-  group_dir = tmp_path / "group" / train.default_workdir(run_config).removeprefix("runs/")
+  alone = training.train_and_evaluate(run_config, tmp_path / "alone")
+  group_dir = tmp_path / "group" / run_lib.relative_path(run_config.dataset, run_config.arch, run_config.strategy, run_config.lr, run_config.seed)
   np.testing.assert_allclose(_losses(group_dir), _losses(tmp_path / "alone"), rtol=1e-4)
   assert result["test"]["loss"] == pytest.approx(alone["test"]["loss"], rel=1e-4)

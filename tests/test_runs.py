@@ -15,7 +15,8 @@ import sys
 import jax
 import pytest
 
-from ftjax import checkpoints, report, run as run_lib, sweep, train
+from ftjax import checkpoints, report, run as run_lib, sweep, training
+from ftjax.data.prepared import prepared_builder
 from ftjax.models import registry
 from tests.test_sweep_report import tiny_sweep_config
 from tests.test_train import tiny_config
@@ -27,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def data_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("data")
   config = tiny_config(path, "lp")
-  train.prepared_builder(config, registry.get_arch(config.arch))  # made once
+  prepared_builder(config, registry.get_arch(config.arch))  # made once
   return path
 
 
@@ -36,7 +37,7 @@ def finished(data_dir, tmp_path_factory):
   """(config, workdir, results) of one finished 3-epoch LP-FT run, never modified."""
   config = tiny_config(data_dir, "lp_ft", num_epochs=3)
   workdir = tmp_path_factory.mktemp("finished")
-  return config, workdir, train.train_and_evaluate(config, workdir)
+  return config, workdir, training.train_and_evaluate(config, workdir)
 
 
 def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
@@ -93,19 +94,19 @@ def test_finished_run_is_not_reused_under_a_changed_field(finished, tmp_path, fi
   work = _copy(workdir, tmp_path / "run")
   changed = tiny_config(config.data_dir, "lp_ft", **{"num_epochs": 3, field: value})
   if field == "resize":  # another prepared dataset: the data fingerprint differs too
-    train.prepared_builder(changed, registry.get_arch(changed.arch))
+    prepared_builder(changed, registry.get_arch(changed.arch))
   with pytest.raises(run_lib.RunMismatch, match=rf"{field}: "):
-    train.train_and_evaluate(changed, work)
+    training.train_and_evaluate(changed, work)
   # Progress bars cannot change a result: the finished run is returned.
   same = tiny_config(config.data_dir, "lp_ft", num_epochs=3, progress=True, prefetch=1)
-  assert train.train_and_evaluate(same, work) == finished[2]
+  assert training.train_and_evaluate(same, work) == finished[2]
 
 
 def test_resume_with_another_num_workers_is_refused(data_dir, tmp_path):
   config = tiny_config(data_dir, "lp", num_epochs=2)
-  assert train.train_and_evaluate(config, tmp_path, max_epochs_this_call=1) is None
+  assert training.train_and_evaluate(config, tmp_path, max_epochs_this_call=1) is None
   with pytest.raises(run_lib.RunMismatch, match=r"num_workers: 0 -> 2"):
-    train.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=2, num_workers=2),
+    training.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=2, num_workers=2),
                              tmp_path)
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["num_workers"] == 0
@@ -116,13 +117,13 @@ def test_changed_prepared_data_is_another_identity(finished, tmp_path):
   work = _copy(workdir, tmp_path / "run")
   data = _copy(pathlib.Path(config.data_dir), tmp_path / "data")
   changed = tiny_config(data, "lp_ft", num_epochs=3)
-  _, builder = train.prepared_builder(changed, registry.get_arch(changed.arch))
+  _, builder = prepared_builder(changed, registry.get_arch(changed.arch))
   info_path = builder.data_path / "dataset_info.json"
   info = json.loads(info_path.read_text())
   info["description"] = "re-prepared"  # any change of the prepared data's record
   info_path.write_text(json.dumps(info))
   with pytest.raises(run_lib.RunMismatch, match=r"data_fingerprint"):
-    train.train_and_evaluate(changed, work)
+    training.train_and_evaluate(changed, work)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -133,10 +134,10 @@ def test_config_errors_are_found_before_anything_is_written(data_dir, tmp_path, 
                                                             value, match):
   with pytest.raises(ValueError, match=match):
     overrides = {"strategy": "lp", field: value}
-    train.train_and_evaluate(tiny_config(data_dir, **overrides), tmp_path / "r")
+    training.train_and_evaluate(tiny_config(data_dir, **overrides), tmp_path / "r")
   assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
   # The corrected rerun is not blocked.
-  assert train.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=1),
+  assert training.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=1),
                                   tmp_path / "r")["epochs_run"] == 1
 
 
@@ -144,7 +145,7 @@ def test_lp_epochs_zero_is_refused_before_anything_is_written(data_dir, tmp_path
   config = tiny_config(data_dir, "lp_ft")
   config.strategy_options.lp_epochs = 0
   with pytest.raises(ValueError, match="lp_epochs must be >= 1"):
-    train.train_and_evaluate(config, tmp_path / "r")
+    training.train_and_evaluate(config, tmp_path / "r")
   assert not (tmp_path / "r" / "config.json").exists()
 
 
@@ -211,7 +212,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_identical(
     finished, tmp_path, capfd, damage):
   config, _, straight = finished
   work = tmp_path / "run"
-  assert train.train_and_evaluate(config, work, max_epochs_this_call=2) is None
+  assert training.train_and_evaluate(config, work, max_epochs_this_call=2) is None
   latest = work / "checkpoints" / "latest"
   assert sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit()) == [1, 2]
   victim = _largest_file(latest / "2")
@@ -223,7 +224,7 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_identical(
     data = data[:len(data) // 2]
   victim.write_bytes(bytes(data))
   capfd.readouterr()
-  resumed = train.train_and_evaluate(config, work)
+  resumed = training.train_and_evaluate(config, work)
   err = capfd.readouterr().err
   assert f"checkpoint {latest / '2'} is damaged" in err
   for key in ("best_epoch", "epochs_run", "validation", "test"):
@@ -235,11 +236,11 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_identical(
 def test_no_intact_checkpoint_restarts_from_scratch_and_says_so(finished, tmp_path, capfd):
   config, _, straight = finished
   work = tmp_path / "run"
-  assert train.train_and_evaluate(config, work, max_epochs_this_call=2) is None
+  assert training.train_and_evaluate(config, work, max_epochs_this_call=2) is None
   for sums in (work / "checkpoints" / "checksums").glob("latest-*.json"):
     sums.write_text("{}")  # neither checkpoint matches its record any more
   capfd.readouterr()
-  resumed = train.train_and_evaluate(config, work)
+  resumed = training.train_and_evaluate(config, work)
   err = capfd.readouterr().err
   assert err.count("is damaged") == 2 and "starts from scratch" in err
   assert resumed["test"] == straight["test"]
@@ -260,3 +261,98 @@ def test_checksums_follow_the_kept_checkpoints(finished):
       assert checkpoints.file_digests(workdir / "checkpoints" / series / epoch) == expected
   finally:
     ckpts.close()
+
+
+# ------------------------------------------------------------------ faults mid-run
+
+# `python -m ftjax.train` with a fault at `epoch`: the disk is full when the latest
+# checkpoint after it is saved, or the workdir vanishes while it trains.
+_FAULTY_TRAIN = """
+import errno, os, pathlib, runpy, shutil, sys
+from ftjax import checkpoints, experiment
+fault, epoch, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[4].partition("=")[2]
+real_save, real_loader = checkpoints.RunCheckpoints.save_latest, experiment.epoch_loader
+
+def save_latest(self, at, state, loop):
+  if at == epoch and fault == "disk_full":
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.root / "latest"))
+  return real_save(self, at, state, loop)
+
+def epoch_loader(config, source, at, seed=None):
+  if at == epoch and fault == "vanished":
+    shutil.rmtree(workdir)
+  return real_loader(config, source, at, seed)
+
+checkpoints.RunCheckpoints.save_latest = save_latest
+experiment.epoch_loader = epoch_loader
+sys.argv = ["ftjax.train", *sys.argv[3:]]
+runpy.run_module("ftjax.train", run_name="__main__")
+"""
+
+
+def _faulty_train_cli(fault: str, epoch: int, config_file, workdir):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT),
+         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or ""}
+  return subprocess.run([sys.executable, "-c", _FAULTY_TRAIN, fault, str(epoch),
+                         f"--config={config_file}", f"--workdir={workdir}"], env=env,
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_disk_full_mid_run_is_one_error_line_and_the_rerun_ends_identical(
+    finished, data_dir, tmp_path):
+  _, _, straight = finished
+  config_file = _config_file(tmp_path, data_dir, "lp_ft", num_epochs=3)
+  work = tmp_path / "run"
+  line = _error_line(_faulty_train_cli("disk_full", 2, config_file, work))
+  assert line.startswith(f"error: {work / 'checkpoints' / 'latest'}: No space left")
+  assert "the disk is full" in line and "rerun the same command to resume" in line
+  # The checkpoint of epoch 1 was kept: the rerun resumes there.
+  rerun = _train_cli(config_file, work)
+  assert rerun.returncode == 0 and "resuming after epoch 1" in rerun.stdout, rerun.stderr
+  resumed = json.loads((work / "results.json").read_text())
+  for key in ("best_epoch", "epochs_run", "validation", "test"):
+    assert resumed[key] == straight[key], key
+
+
+def test_vanished_workdir_mid_run_is_one_error_line(data_dir, tmp_path):
+  config_file = _config_file(tmp_path, data_dir, "lp", num_epochs=3)
+  work = tmp_path / "run"
+  line = _error_line(_faulty_train_cli("vanished", 1, config_file, work))
+  assert str(work) in line and "vanished" in line
+  assert not work.exists()
+  # Rerun: a new run from scratch in a new directory.
+  assert _train_cli(config_file, work).returncode == 0
+  assert (work / "results.json").exists()
+
+
+def test_damaged_identity_json_is_refused_and_overwrite_keeps_it(finished, data_dir,
+                                                                   tmp_path):
+  _, workdir, _ = finished
+  work = _copy(workdir, tmp_path / "run")
+  (work / "identity.json").write_text('{"hash": "12')
+  config_file = _config_file(tmp_path, data_dir, "lp_ft", num_epochs=3)
+  line = _error_line(_train_cli(config_file, work))
+  assert line == (f"error: {work}: its identity.json is unreadable. Use another --workdir, "
+                  f"or --overwrite to move the old run aside (it is kept, not deleted).")
+  assert (work / "results.json").exists()
+  moved = _train_cli(config_file, work, "--overwrite")
+  assert moved.returncode == 0, moved.stderr
+  assert (tmp_path / "run.old-1" / "identity.json").read_text() == '{"hash": "12'
+
+
+def test_damaged_config_json_is_named_then_rewritten(finished, data_dir, tmp_path):
+  _, workdir, _ = finished
+  work = _copy(workdir, tmp_path / "run")
+  good = (work / "config.json").read_text()
+  (work / "config.json").write_bytes(b"\xff\x00{")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+  evaluated = subprocess.run([sys.executable, "-m", "ftjax.evaluate", f"--workdir={work}"],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  line = _error_line(evaluated)
+  assert line.startswith(f"error: {work / 'config.json'}: damaged") and "rerun" in line.lower()
+  # The identity is intact: train rewrites config.json and says so; the run is finished.
+  config_file = _config_file(tmp_path, data_dir, "lp_ft", num_epochs=3)
+  rerun = _train_cli(config_file, work)
+  assert rerun.returncode == 0 and "this run has finished" in rerun.stdout, rerun.stderr
+  assert "config.json was missing or damaged; written again" in rerun.stderr
+  assert json.loads((work / "config.json").read_text()) == json.loads(good)

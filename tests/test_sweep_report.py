@@ -125,6 +125,7 @@ def test_killed_sweep_restarts_without_redoing_runs_and_reports(tmp_path):
   workdir = tmp_path / "runs"
   specs = sweep.grid(config)
   assert len(specs) == 8
+  identities = {s: sweep.expected_identity(s.config(config.base)) for s in specs}
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(),
                                                     "ftjax-test-jax-cache")}
@@ -136,12 +137,12 @@ def test_killed_sweep_restarts_without_redoing_runs_and_reports(tmp_path):
   done = []
   while not done and time.time() < deadline and child.poll() is None:
     time.sleep(0.2)
-    done = [s for s in specs if sweep.is_done(s.directory(workdir))]
+    done = [s for s in specs if sweep.is_done(s.directory(workdir), identities[s])]
   assert done, child.stderr.read().decode()[-3000:] if child.poll() is not None else "slow"
   child.send_signal(signal.SIGKILL)  # no cleanup: like a preempted job
   child.wait()
   finished = {s: s.directory(workdir) / "results.json" for s in specs
-              if sweep.is_done(s.directory(workdir))}
+              if sweep.is_done(s.directory(workdir), identities[s])}
   assert 0 < len(finished) < len(specs)
   mtimes = {s: p.stat().st_mtime_ns for s, p in finished.items()}
 
@@ -236,13 +237,17 @@ def test_failing_run_is_logged_and_the_sweep_goes_on(tmp_path):
   assert not summary.ok and [s for s, _ in summary.failed] == [bad]
   assert "injected failure" in (bad.directory(tmp_path / "runs") / "error.txt").read_text()
   assert sweep.status(bad.directory(tmp_path / "runs")) == "failed"
-  assert all(sweep.is_done(s.directory(tmp_path / "runs")) for s in specs if s != bad)
+  assert all(sweep.is_done(s.directory(tmp_path / "runs"),
+                           sweep.expected_identity(s.config(config.base)))
+             for s in specs if s != bad)
   # A later sweep retries it and clears the error.
   retry = sweep.run_sweep(config, tmp_path / "runs", runner=fake_runner(), progress=False)
   assert retry.ok and retry.ran == [bad]
   assert not (bad.directory(tmp_path / "runs") / "error.txt").exists()
-  assert "7 done" not in sweep.describe(specs, tmp_path / "runs")
-  assert "8 done" in sweep.describe(specs, tmp_path / "runs")
+  assert "7 done" not in sweep.describe(specs, tmp_path / "runs", config.base)
+  assert "8 done" in sweep.describe(specs, tmp_path / "runs", config.base)
+  # Without the config the identity is unknown: finished runs are not counted done.
+  assert "8 unverified" in sweep.describe(specs, tmp_path / "runs")
 
 
 # --- Learning-rate selection and the report's arithmetic ------------------------------
@@ -449,8 +454,8 @@ def test_diverged_run_is_recorded_reported_and_not_retried(tmp_path):
   assert marker["run"] == bad.name and marker["error"].startswith("training loss is nan")
   assert not (bad_dir / "error.txt").exists() and not (bad_dir / "attempts.json").exists()
   assert sweep.status(bad_dir) == "diverged"
-  assert f"diverged {bad.name}" in sweep.describe(specs, workdir)
-  assert "1 diverged, 3 done" in sweep.describe(specs, workdir)
+  assert f"diverged {bad.name}" in sweep.describe(specs, workdir, config.base)
+  assert "1 diverged, 3 done" in sweep.describe(specs, workdir, config.base)
   out, err = sweep.summary_lines(summary, workdir)
   assert out[0] == "sweep: 3 ran, 0 already done, 0 finished by another process, " \
                    "1 diverged, 0 failed, of 4."
@@ -522,11 +527,11 @@ def test_other_failures_are_retried_a_bounded_number_of_times(tmp_path):
 
 
 def test_in_process_divergence_is_recognised(tmp_path, monkeypatch):
-  from ftjax import train  # pylint: disable=import-outside-toplevel
+  from ftjax import loop, training  # pylint: disable=import-outside-toplevel
 
   def diverge(config, workdir, **kwargs):
-    raise train.TrainingDivergedError("training loss is inf at epoch 1/1, step 1")
-  monkeypatch.setattr(train, "train_and_evaluate", diverge)
+    raise loop.TrainingDivergedError("training loss is inf at epoch 1/1, step 1")
+  monkeypatch.setattr(training, "train_and_evaluate", diverge)
   config = tiny_sweep_config(tmp_path / "data", strategies=("ft",), lrs=(1e-3,), seeds=(0,))
   summary = sweep.run_sweep(config, tmp_path / "runs", progress=False)
   assert [(s.name, e) for s, e in summary.diverged] == [

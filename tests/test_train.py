@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import base, demo
-from ftjax import checkpoints, evaluate, train
+from ftjax import checkpoints, evaluate, step, training
 from ftjax.data import DataError
 from ftjax.models import registry
 from ftjax.strategies import STRATEGIES
@@ -51,7 +51,7 @@ def tiny_config(data_dir, strategy, **overrides):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_runs_and_writes_results(strategy, data_dir, tmp_path):
-  results = train.train_and_evaluate(tiny_config(data_dir, strategy), tmp_path)
+  results = training.train_and_evaluate(tiny_config(data_dir, strategy), tmp_path)
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved == results
   assert saved["strategy"] == strategy and saved["epochs_run"] == 2
@@ -72,7 +72,7 @@ def test_demo_strategies_learn(data_dir, tmp_path):
     config = tiny_config(data_dir, strategy, num_epochs=4)
     config.dataset_options.num_train = 320
     config.dataset_options.num_test = 120
-    results = train.train_and_evaluate(config, tmp_path / strategy)
+    results = training.train_and_evaluate(config, tmp_path / strategy)
     assert results["test"]["kappa"] > 0.4, (strategy, results["test"])
     assert results["test"]["auroc"] > 0.8, (strategy, results["test"])
 
@@ -80,11 +80,11 @@ def test_demo_strategies_learn(data_dir, tmp_path):
 @pytest.mark.parametrize("strategy", ["lp_ft", "auto_rgn"])
 def test_interrupted_run_resumes_exactly(strategy, data_dir, tmp_path):
   config = tiny_config(data_dir, strategy, num_epochs=3)
-  straight = train.train_and_evaluate(config, tmp_path / "straight")
+  straight = training.train_and_evaluate(config, tmp_path / "straight")
   # Interrupted after epoch 1 (LP-FT's phase switch) and after epoch 2.
-  assert train.train_and_evaluate(config, tmp_path / "sliced", max_epochs_this_call=1) is None
-  assert train.train_and_evaluate(config, tmp_path / "sliced", max_epochs_this_call=1) is None
-  resumed = train.train_and_evaluate(config, tmp_path / "sliced")
+  assert training.train_and_evaluate(config, tmp_path / "sliced", max_epochs_this_call=1) is None
+  assert training.train_and_evaluate(config, tmp_path / "sliced", max_epochs_this_call=1) is None
+  resumed = training.train_and_evaluate(config, tmp_path / "sliced")
   for key in ("best_epoch", "epochs_run", "validation", "test"):
     assert resumed[key] == straight[key], key
   for name in ("straight", "sliced"):
@@ -98,25 +98,25 @@ def test_interrupted_run_resumes_exactly(strategy, data_dir, tmp_path):
 
 def test_finished_run_says_so(data_dir, tmp_path, capsys):
   config = tiny_config(data_dir, "lp", num_epochs=1)
-  first = train.train_and_evaluate(config, tmp_path)
+  first = training.train_and_evaluate(config, tmp_path)
   capsys.readouterr()
-  assert train.train_and_evaluate(config, tmp_path) == first
+  assert training.train_and_evaluate(config, tmp_path) == first
   assert "has finished" in capsys.readouterr().out
 
 
 def test_evaluate_reproduces_test_metrics(data_dir, tmp_path):
   config = tiny_config(data_dir, "ft", num_epochs=1)
-  results = train.train_and_evaluate(config, tmp_path)
+  results = training.train_and_evaluate(config, tmp_path)
   again = evaluate.evaluate_run(tmp_path, "test")
   for metric in METRICS + ("loss",):
     assert again[metric] == pytest.approx(results["test"][metric], abs=1e-6)
 
 
 def test_workdir_with_other_config_is_refused(data_dir, tmp_path):
-  train.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=1), tmp_path,
+  training.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=1), tmp_path,
                            max_epochs_this_call=0)
   with pytest.raises(ValueError, match=r"another identity \(lr: 0\.001 -> 0\.01\)"):
-    train.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=1, lr=0.01), tmp_path)
+    training.train_and_evaluate(tiny_config(data_dir, "lp", num_epochs=1, lr=0.01), tmp_path)
 
 
 def test_missing_dataset_names_prepare_command(tmp_path):
@@ -124,13 +124,13 @@ def test_missing_dataset_names_prepare_command(tmp_path):
   config.data_dir = str(tmp_path)
   with pytest.raises(DataError, match=r"python -m ftjax\.data prepare --dataset isic2020 "
                                       r".* --resize 232"):
-    train.train_and_evaluate(config, tmp_path / "run")
+    training.train_and_evaluate(config, tmp_path / "run")
 
 
 def test_missing_weights_names_convert_command(data_dir, tmp_path):
   config = tiny_config(data_dir, "lp", init="pretrained", weights_dir=str(tmp_path))
   with pytest.raises(FileNotFoundError, match=r"resnet18-f37072fd\.pth.*weights_port convert"):
-    train.train_and_evaluate(config, tmp_path / "run")
+    training.train_and_evaluate(config, tmp_path / "run")
 
 
 @pytest.mark.parametrize("field,value,listed", [
@@ -140,20 +140,20 @@ def test_unknown_names_list_the_valid_ones(field, value, listed, data_dir, tmp_p
   config = tiny_config(data_dir, "lp")
   config[field] = value
   with pytest.raises(ValueError, match=listed):
-    train.train_and_evaluate(config, tmp_path)
+    training.train_and_evaluate(config, tmp_path)
 
 
 def test_train_step_compiles_once_per_phase(data_dir, tmp_path, monkeypatch):
   """G-LF over 3 epochs has 3 phases: 3 step functions, each compiled exactly once."""
   made = []
-  make_train_step = train.step.make_train_step
+  make_train_step = step.make_train_step
 
   def recording(*args, **kwargs):
     made.append(make_train_step(*args, **kwargs))
     return made[-1]
 
-  monkeypatch.setattr(train.step, "make_train_step", recording)
-  train.train_and_evaluate(tiny_config(data_dir, "g_lf", num_epochs=3), tmp_path)
+  monkeypatch.setattr(step, "make_train_step", recording)
+  training.train_and_evaluate(tiny_config(data_dir, "g_lf", num_epochs=3), tmp_path)
   assert len(made) == 3
   assert [fn._cache_size() for fn in made] == [1, 1, 1]
 
@@ -163,7 +163,7 @@ def test_lp_on_cached_features_gives_the_results_of_lp(data_dir, tmp_path):
   for cache in (False, True):
     config = tiny_config(data_dir, "lp", cache_features=cache)
     config.strategy_options.bn_mode = "frozen"
-    results[cache] = train.train_and_evaluate(config, tmp_path / str(cache))
+    results[cache] = training.train_and_evaluate(config, tmp_path / str(cache))
   assert list((tmp_path / "True" / "features").glob("features-*.npz"))
   for split in ("validation", "test"):
     for metric, value in results[False][split].items():
@@ -176,4 +176,4 @@ def test_lp_on_cached_features_gives_the_results_of_lp(data_dir, tmp_path):
 
 def test_cached_features_refuse_strategies_that_train_the_backbone(data_dir, tmp_path):
   with pytest.raises(ValueError, match="cache_features"):
-    train.train_and_evaluate(tiny_config(data_dir, "ft", cache_features=True), tmp_path)
+    training.train_and_evaluate(tiny_config(data_dir, "ft", cache_features=True), tmp_path)

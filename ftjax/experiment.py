@@ -1,0 +1,158 @@
+"""What a run trains: its checked config, the prepared data, the model and the strategy.
+
+`load(config)` validates everything a run needs (config values, arch, strategy,
+prepared data, batches per epoch) before any run directory is touched, and
+returns an `Experiment` that the single-run and the vmapped multi-run trainers
+share. The batch helpers here are the one definition of what a training batch is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ftjax import evaluation, metrics, step
+from ftjax.data import DataError, pipeline
+from ftjax.data.prepared import prepared_builder
+from ftjax.models import init_variables, load_pretrained, registry
+from ftjax.strategies import get_strategy
+from ftjax.strategies.registry import Strategy
+
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+INITS = ("pretrained", "random")
+
+
+def check_metric(metric: str) -> None:
+  if metric != "loss" and metric not in metrics.METRICS:
+    raise ValueError(f"early_stopping_metric must be 'loss' or a metric name, got "
+                     f"{metric!r}.")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Refuses values no run can use, naming the field, before anything starts."""
+  def refuse(field: str, requirement: str) -> None:
+    raise ValueError(f"config.{field} must be {requirement}, got {config[field]!r} "
+                     f"(set it with --config.{field}=VALUE).")
+
+  if not (isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0):
+    refuse("lr", "a positive number (the paper's grid: 1e-3, 1e-4, 1e-5)")
+  for field in ("batch_size", "eval_batch_size", "num_epochs", "patience", "crop"):
+    if not isinstance(config[field], int) or config[field] < 1:
+      refuse(field, "a positive integer")
+  for field in ("resize", "num_workers", "prefetch"):
+    if not isinstance(config[field], int) or config[field] < 0:
+      refuse(field, "an integer >= 0")
+  if 0 < config.resize < config.crop:
+    refuse("resize", f"0 (the architecture's) or at least config.crop ({config.crop})")
+  if config.compute_dtype not in COMPUTE_DTYPES:
+    refuse("compute_dtype", " or ".join(map(repr, COMPUTE_DTYPES)))
+  if config.init not in INITS:
+    refuse("init", " or ".join(map(repr, INITS)))
+  check_metric(config.early_stopping_metric)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """A validated config with its architecture, strategy, model and data."""
+
+  config: ml_collections.ConfigDict
+  arch: registry.Arch
+  strategy: Strategy
+  info: Any  # ftjax.data.DatasetInfo
+  builder: Any  # the prepared tfds builder
+  sources: dict[str, Any]  # split -> random-access data source
+  steps_per_epoch: int
+
+  @functools.cached_property
+  def model(self):
+    return self.arch.build(self.info.num_classes)
+
+  @property
+  def loss_name(self) -> str:
+    return "sigmoid" if self.info.multilabel else "softmax"
+
+  @property
+  def compute_dtype(self):
+    return COMPUTE_DTYPES[self.config.compute_dtype]
+
+  def strategy_with_lr(self, lr) -> Strategy:
+    """The strategy at another (possibly traced) learning rate."""
+    return get_strategy(self.config.strategy, self.arch,
+                        {**self.config.strategy_options.to_dict(), "lr": lr})
+
+  def initial_variables(self, config: ml_collections.ConfigDict | None = None):
+    return initial_variables(config or self.config, self.arch, self.info.num_classes)
+
+  def evaluate(self, variables, split: str, parallel=None) -> dict[str, float]:
+    return evaluation.evaluate(
+        self.model, variables, self.sources[split], multilabel=self.info.multilabel,
+        class_names=self.info.class_names, batch_size=self.config.eval_batch_size,
+        crop=self.config.crop, num_workers=self.config.num_workers, parallel=parallel)
+
+
+def load(config: ml_collections.ConfigDict) -> Experiment:
+  """Checks the config and opens its prepared data; writes nothing."""
+  check_config(config)
+  arch = registry.get_arch(config.arch)
+  strategy = get_strategy(config.strategy, arch,
+                          {**config.strategy_options.to_dict(), "lr": config.lr})
+  info, builder = prepared_builder(config, arch)
+  sources = {split: builder.as_data_source(split) for split in ("train", "validation", "test")}
+  return Experiment(config, arch, strategy, info, builder, sources,
+                    train_steps_per_epoch(config, info.name, len(sources["train"])))
+
+
+def initial_variables(config, arch: registry.Arch, num_classes: int):
+  if config.init == "pretrained":
+    _, variables = load_pretrained(arch, config.weights_dir, num_classes,
+                                   rng=jax.random.key(config.seed))
+    return variables
+  if config.init == "random":
+    return init_variables(arch, jax.random.key(config.seed), num_classes)
+  raise ValueError(f"config.init must be {' or '.join(map(repr, INITS))}, got "
+                   f"{config.init!r}.")
+
+
+def train_steps_per_epoch(config, dataset: str, num_records: int) -> int:
+  """Batches per training epoch; an error if there are none."""
+  steps = pipeline.num_batches(num_records, config.batch_size, config.num_workers)
+  if steps == 0:
+    split = (f" split over {config.num_workers} workers, which batch their shares apart"
+             if config.num_workers > 1 else "")
+    raise DataError(f"{dataset}: {num_records} training examples{split}, fewer than one "
+                    f"batch of {config.batch_size}; lower config.batch_size"
+                    f"{' or config.num_workers' if split else ''}.")
+  return steps
+
+
+def model_variables(state: step.TrainState) -> dict[str, Any]:
+  """The state's {'params', 'batch_stats'}: what the model applies and checkpoints keep."""
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def stack_batches(batches: list[dict[str, np.ndarray]], axis: int = 0
+                  ) -> dict[str, np.ndarray]:
+  """Images and labels of the batches, each stacked along a new `axis`."""
+  return {k: np.stack([b[k] for b in batches], axis) for k in ("image", "label")}
+
+
+def train_batch(batch: dict[str, np.ndarray], multilabel: bool) -> dict[str, Any]:
+  label = batch["label"].astype(np.float32 if multilabel else np.int32)
+  return {"image": batch["image"], "label": label}
+
+
+def epoch_loader(config, source, epoch: int, seed: int | None = None):
+  """The shuffled training batches of `epoch` (uint8 crops: the train step
+  normalises them on the device). `seed` replaces config.seed (multirun)."""
+  return pipeline.make_loader(source, config.batch_size,
+                              seed=config.seed if seed is None else seed, epoch=epoch,
+                              shuffle=True, drop_remainder=True,
+                              transforms=[pipeline.CenterCrop(config.crop)],
+                              num_workers=config.num_workers)
