@@ -428,3 +428,48 @@ def test_prepare_removes_what_a_killed_prepare_left(tmp_path):
   assert "left by an interrupted prepare" in done.stderr
   assert not list(config_dir.glob("incomplete.*")) and (config_dir / "1.0.0").is_dir()
   assert json.loads((config_dir / "1.0.0" / "dataset_info.json").read_text())
+
+
+def test_npz_deflate_bomb_is_refused_before_inflating_under_1_gib(tmp_path):
+  """A 1.2 MB .npz whose image member inflates to 1.2 GB of a valid .npy array."""
+  import zipfile
+  root = medmnist_file(tmp_path / "m", "pathmnist")
+  path = root / "pathmnist.npz"
+  arrays = dict(np.load(path))
+  shape = (1200, 1000, 1000)
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(
+      header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+    for name, value in arrays.items():
+      if name != "train_images":
+        with archive.open(f"{name}.npy", "w") as member:
+          np.lib.format.write_array(member, value)
+    with archive.open("train_images.npy", "w", force_zip64=True) as member:
+      member.write(header.getvalue())
+      zeros = bytes(1_000_000)
+      for _ in range(1200):
+        member.write(zeros)
+  assert path.stat().st_size < 2_000_000
+  out = _under_1_gib(f"""
+      import sys
+      from ftjax.data.__main__ import main
+      sys.exit(main(["prepare", "--dataset", "medmnist_pathmnist", "--manual_dir",
+                     {str(root)!r}, "--data_dir", {str(tmp_path / "d")!r}]))
+      """)
+  assert out.returncode == 2, out.stderr[-2000:]
+  errors = [l for l in out.stderr.splitlines() if l.startswith("error: ")]
+  assert errors == [f"error: {path}: member 'train_images.npy' inflates "
+                    f"{_member(path, 'train_images.npy').compress_size:,} stored bytes to "
+                    f"{1_200_000_000 + len(header.getvalue()):,}, more than 200x (image "
+                    f"arrays compress far less): a damaged or crafted file. Re-download it. "
+                    f"{WHERE}"], out.stderr[-2000:]
+
+
+WHERE = __import__("ftjax.data.medmnist", fromlist=["WHERE"]).WHERE
+
+
+def _member(path, name):
+  import zipfile
+  with zipfile.ZipFile(path) as archive:
+    return archive.getinfo(name)

@@ -346,6 +346,27 @@ def test_pth_views_repeating_data_beyond_the_cap_are_refused(tmp_path):
   assert pth.read_state_dict(path, max_tensor_bytes=4096)["c"].shape == (200,)
 
 
+def test_pth_repeating_views_stay_under_the_total_cap_under_1_gib(tmp_path):
+  # One float repeated 300 million times: 1.1 GiB from a file of a few hundred bytes,
+  # under the per-tensor cap (4 GiB) but over the total one (1096 MiB by default).
+  path = _write_pth(tmp_path / "expand.pth", {"w": ("0", 0, (300_000_000,), (0,))},
+                    {"0": (_F32, 1)})
+  assert path.stat().st_size < 2000
+  out = _under_1_gib(f"""
+      import sys
+      from weights_port import pth
+      try:
+        pth.read_state_dict({str(path)!r})
+      except pth.PthFormatError as error:
+        print("error:", error)
+        sys.exit(1)
+      """)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert out.stdout.startswith(f"error: {path}: tensor 'w' brings the arrays to 1.1 GiB, "
+                               f"over the cap of 1.1 GiB for all of them"), out.stdout
+  assert "pass a larger max_total_bytes" in out.stdout
+
+
 def test_pth_cap_is_a_parameter(tmp_path):
   path = _write_pth(tmp_path / "big.pth", {"w": ("0", 0, (64, 64), (64, 1))},
                     {"0": (_F32, 64 * 64)})

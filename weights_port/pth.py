@@ -597,6 +597,10 @@ def _check_layouts(path: str, refs: dict[str, _TensorRef],
       raise _malformed(path, name, f"brings the arrays to {_bytes(total)}, though the "
                        f"file stores {_bytes(stored)}: its views repeat the stored data "
                        f"by more than the cap", raise_cap)
+    if total > max_total_bytes:  # what is allocated, repeats included
+      raise _malformed(path, name, f"brings the arrays to {_bytes(total)}, over the cap "
+                       f"of {_bytes(max_total_bytes)} for all of them",
+                       "If you trust this file, pass a larger max_total_bytes.")
 
 
 def _to_array(ref: _TensorRef, raw: bytes | memoryview, big_endian: bool) -> np.ndarray:
@@ -761,7 +765,8 @@ def read_state_dict(path: str | os.PathLike[str], *,
     max_tensor_bytes: no tensor or storage may be larger, and views that repeat
       stored data (stride 0) may add at most this much in all; a file that
       declares more is refused before anything is allocated.
-    max_total_bytes: the same bound over all storages together.
+    max_total_bytes: the same bound over all storages together, and over all
+      arrays together (what is allocated, repeated views included).
   """
   path = os.fspath(path)
   if not os.path.exists(path):

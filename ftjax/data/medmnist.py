@@ -54,6 +54,12 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplemented
                ValueError, KeyError)
 
 
+# Deflate shrinks MedMNIST's image arrays a few times and their label arrays some
+# tens of times; a member inflating more than this (and past 1 MiB) is refused.
+MAX_INFLATION = 200
+MIN_CHECKED_RATIO_BYTES = 1 << 20
+
+
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
   """Every array of a MedMNIST .npz, checked before it is read (``check_npz_arrays``);
   anything that is not an intact .npz of numeric arrays is one DataError."""
@@ -94,6 +100,14 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
   if encrypted:  # zipfile would raise a RuntimeError asking for a password
     raise DataError(f"{path}: member(s) {encrypted} are encrypted (a damaged or foreign "
                     f"file). Re-download it. {WHERE}")
+  for info in archive.infolist():
+    # A deflate bomb: checking its CRC alone would inflate gigabytes.
+    if info.file_size > MIN_CHECKED_RATIO_BYTES and \
+        info.file_size > MAX_INFLATION * info.compress_size:
+      raise DataError(f"{path}: member '{info.filename}' inflates {info.compress_size:,} "
+                      f"stored bytes to {info.file_size:,}, more than {MAX_INFLATION}x "
+                      f"(image arrays compress far less): a damaged or crafted file. "
+                      f"Re-download it. {WHERE}")
   # The CRCs first: a damaged .npy header must be refused as damage, not parsed.
   damaged = archive.testzip()
   if damaged is not None:
