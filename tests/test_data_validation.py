@@ -473,3 +473,18 @@ def _member(path, name):
   import zipfile
   with zipfile.ZipFile(path) as archive:
     return archive.getinfo(name)
+
+
+def test_non_finite_pixel_in_float_tiff_is_a_bad_image(tmp_path, capsys):
+  manual = bach_tree(tmp_path / "m")
+  bad = sorted((manual / "ICIAR2018_BACH_Challenge" / "Photos" / "Benign").glob("*.tif"))[1]
+  pixels = np.linspace(0, 1, 30 * 40, dtype=np.float32).reshape(30, 40)
+  pixels[2, 9] = np.inf
+  Image.fromarray(pixels, mode="F").save(bad)
+  assert Image.open(bad).mode == "F"
+  code, line, _ = _prepare(capsys, "bach", manual, tmp_path / "d")
+  assert code == 2
+  assert line.startswith(f"error: {bad}: image holds 1 non-finite pixel value(s) (NaN or Inf, "
+                         "the first at row 2, column 9)"), line
+  code, _, out = _prepare(capsys, "bach", manual, tmp_path / "d", "--skip_bad")
+  assert code == 0 and "skipped bad images" in out
