@@ -1,7 +1,18 @@
-"""Predictions over a whole split and the paper's metrics on them."""
+"""Predictions over a whole split, the paper's metrics on them, and their file.
+
+A run keeps each evaluated split's predictions in <run>/predictions/<split>.npz
+(`save_predictions`, `load_predictions`): arrays `scores` (float32 [N, C],
+softmax or sigmoid probabilities), `labels` (int [N] or {0, 1} [N, C]), `ids`
+and `groups` (fixed-width unicode [N]; a group is the example's patient id, ""
+where the dataset has none), in the split's stored order. The report bootstraps
+its confidence intervals from them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import pathlib
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -12,20 +23,36 @@ from ftjax import distributed, metrics, step
 from ftjax.data import pipeline
 
 
-def predict(model: nn.Module, variables: dict[str, Any], source: Sequence, *,
-            batch_size: int, crop: int, num_workers: int = 0,
-            parallel: distributed.DataParallel | None = None
-            ) -> tuple[np.ndarray, np.ndarray]:
-  """(logits [N, C], labels) for every example of `source`, exactly once, in order.
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+  """One split's model outputs, one row per example, in the split's stored order."""
+  logits: np.ndarray  # [N, C]
+  labels: np.ndarray  # int [N] or {0, 1} [N, C]
+  ids: np.ndarray     # unicode [N]
+  groups: np.ndarray  # unicode [N]: patient id, "" where none
+
+  def scores(self, multilabel: bool) -> np.ndarray:
+    """Sigmoid (multi-label) or softmax probabilities, float32."""
+    logits = self.logits.astype(np.float64)
+    probs = scipy.special.expit(logits) if multilabel else scipy.special.softmax(logits, 1)
+    return probs.astype(np.float32)
+
+
+def predict_split(model: nn.Module, variables: dict[str, Any], source: Sequence, *,
+                  batch_size: int, crop: int, num_workers: int = 0,
+                  parallel: distributed.DataParallel | None = None) -> Predictions:
+  """The logits, labels, ids and patient ids of every example of `source`, exactly
+  once, in order.
 
   With a multi-device `parallel`, each (padded) batch is split over the mesh
   and the logits gathered back; the mask then drops the padding rows.
   """
-  loader = pipeline.make_eval_loader(source, batch_size, crop=crop, num_workers=num_workers)
+  loader = pipeline.make_eval_loader(source, batch_size, crop=crop, num_workers=num_workers,
+                                     keep_ids=True)
   if parallel is not None and parallel.active:
     parallel.check_divisible(batch_size, "config.eval_batch_size")
     variables = parallel.replicate(variables)
-  logits, labels = [], []
+  columns: dict[str, list[np.ndarray]] = {"logits": [], "labels": [], "ids": [], "groups": []}
   for batch in loader:
     mask = np.asarray(batch["mask"], bool)
     images = batch["image"]
@@ -34,9 +61,45 @@ def predict(model: nn.Module, variables: dict[str, Any], source: Sequence, *,
       out = parallel.gather(step.eval_step(model, variables, images))
     else:
       out = np.asarray(step.eval_step(model, variables, images))
-    logits.append(out[mask])
-    labels.append(np.asarray(batch["label"])[mask])
-  return np.concatenate(logits), np.concatenate(labels)
+    columns["logits"].append(out[mask])
+    columns["labels"].append(np.asarray(batch["label"])[mask])
+    columns["ids"].append(_text(batch["id"])[mask])
+    columns["groups"].append(_text(batch["group"])[mask])
+  return Predictions(**{k: np.concatenate(v) for k, v in columns.items()})
+
+
+def _text(values) -> np.ndarray:
+  """bytes (or str) array -> fixed-width unicode, so it saves without pickling."""
+  values = np.asarray(values)
+  return np.char.decode(values, "utf-8") if values.dtype.kind == "S" else values.astype(str)
+
+
+def predict(model: nn.Module, variables: dict[str, Any], source: Sequence, *,
+            batch_size: int, crop: int, num_workers: int = 0,
+            parallel: distributed.DataParallel | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+  """(logits [N, C], labels) for every example of `source`, exactly once, in order."""
+  out = predict_split(model, variables, source, batch_size=batch_size, crop=crop,
+                      num_workers=num_workers, parallel=parallel)
+  return out.logits, out.labels
+
+
+def save_predictions(path: pathlib.Path, predictions: Predictions, multilabel: bool) -> None:
+  """<path> (.npz) via a temporary file and a rename: a kill never leaves half a file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp")
+  with open(tmp, "wb") as f:
+    np.savez(f, scores=predictions.scores(multilabel), labels=predictions.labels,
+             ids=predictions.ids.astype(str), groups=predictions.groups.astype(str))
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def load_predictions(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """{'scores', 'labels', 'ids', 'groups'} of a saved split (no pickles are read)."""
+  with np.load(path, allow_pickle=False) as saved:
+    return {k: saved[k] for k in ("scores", "labels", "ids", "groups")}
 
 
 def mean_loss(logits: np.ndarray, labels: np.ndarray, multilabel: bool) -> float:
@@ -58,6 +121,12 @@ def evaluate(model: nn.Module, variables: dict[str, Any], source: Sequence, *,
   logits, labels = predict(model, variables, source, batch_size=batch_size, crop=crop,
                            num_workers=num_workers, parallel=parallel)
   return metrics_from_logits(logits, labels, multilabel, class_names)
+
+
+def metrics_of(predictions: Predictions, multilabel: bool,
+               class_names: Sequence[str] | None = None) -> dict[str, float]:
+  """`evaluate`'s dict from a split's predictions."""
+  return metrics_from_logits(predictions.logits, predictions.labels, multilabel, class_names)
 
 
 def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, multilabel: bool,

@@ -91,10 +91,15 @@ class Experiment:
     return initial_variables(config or self.config, self.arch, self.info.num_classes)
 
   def evaluate(self, variables, split: str, parallel=None) -> dict[str, float]:
-    return evaluation.evaluate(
-        self.model, variables, self.sources[split], multilabel=self.info.multilabel,
-        class_names=self.info.class_names, batch_size=self.config.eval_batch_size,
+    return self.metrics(self.predict(variables, split, parallel))
+
+  def predict(self, variables, split: str, parallel=None) -> evaluation.Predictions:
+    return evaluation.predict_split(
+        self.model, variables, self.sources[split], batch_size=self.config.eval_batch_size,
         crop=self.config.crop, num_workers=self.config.num_workers, parallel=parallel)
+
+  def metrics(self, predictions: evaluation.Predictions) -> dict[str, float]:
+    return evaluation.metrics_of(predictions, self.info.multilabel, self.info.class_names)
 
 
 def load(config: ml_collections.ConfigDict) -> Experiment:

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ftjax import checkpoints
+from ftjax import checkpoints, evaluation
 from ftjax import run as run_lib
 from ftjax.data.prepared import dataset_options
 from ftjax.experiment import Experiment, check_metric
@@ -279,19 +279,27 @@ def finish(exp: Experiment, runner: EpochRunner, state: Any, members: list[Membe
       results.append(None)
       continue
     best_epoch, best = member.ckpts.restore_best(runner.variables(state, index))
+    predictions = {split: runner.predict(best, split) for split in ("test", "validation")}
     results.append(write_results(
-        exp, member, best_epoch=best_epoch, test=runner.evaluate(best, "test"),
-        val=runner.evaluate(best, "validation"), devices=devices,
-        extra=runner.extra_metrics))
+        exp, member, best_epoch=best_epoch, test=exp.metrics(predictions["test"]),
+        val=exp.metrics(predictions["validation"]), devices=devices,
+        extra=runner.extra_metrics, predictions=predictions))
     member.close()
   return results
 
 
 def write_results(exp: Experiment, member: Member, *, best_epoch: int,
                   test: dict[str, float], val: dict[str, float], devices: int,
-                  extra: dict[str, Any]) -> dict[str, Any]:
-  """Writes results.json (process 0) and prints the run's one-line summary."""
+                  extra: dict[str, Any], predictions: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+  """Writes <run>/predictions/<split>.npz, then results.json (process 0), and prints
+  the run's one-line summary. The predictions come first: a run counts as finished
+  only once results.json exists, so a finished run always has them."""
   config, info, loop = member.config, exp.info, member.loop
+  if jax.process_index() == 0:
+    for split, split_predictions in (predictions or {}).items():
+      evaluation.save_predictions(member.run.path / run_lib.RunDir.PREDICTIONS
+                                  / f"{split}.npz", split_predictions, info.multilabel)
   results = {
       "dataset": info.name, "arch": exp.arch.name, "strategy": exp.strategy.name,
       "lr": config.lr, "seed": config.seed, "init": config.init,

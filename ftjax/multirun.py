@@ -227,6 +227,9 @@ class GroupRunner:
   def evaluate(self, variables, split: str) -> dict[str, float]:
     return self.exp.evaluate(variables, split)
 
+  def predict(self, variables, split: str):
+    return self.exp.predict(variables, split)
+
 
 def _floats(text: str) -> list[float]:
   return [float(x) for x in text.split(",") if x.strip()]

@@ -5,6 +5,9 @@
   <workdir>/metrics.jsonl   one line per epoch (rgn.jsonl: Auto-RGN's weights)
   <workdir>/checkpoints/    latest and best (ftjax.checkpoints)
   <workdir>/results.json    written once, when the run has finished
+  <workdir>/predictions/    validation.npz and test.npz: the best epoch's per-example
+                            scores, labels, ids and patient ids (ftjax.evaluation),
+                            written just before results.json
   <workdir>/lock            flock held by the process training the run
 
 A study's runs live at `<dataset>/<arch>/<strategy>/lr<lr>/seed<seed>` under
@@ -180,6 +183,7 @@ class RunDir:
   """Everything on disk for one run."""
 
   CONFIG, IDENTITY, RESULTS, LOCK = "config.json", "identity.json", "results.json", "lock"
+  PREDICTIONS = "predictions"  # folder: <split>.npz per evaluated split
 
   def __init__(self, path: str | pathlib.Path):
     self.path = pathlib.Path(path)

@@ -93,6 +93,9 @@ class StepRunner:
   def evaluate(self, variables, split: str) -> dict[str, float]:
     return self.exp.evaluate(variables, split, self.parallel)
 
+  def predict(self, variables, split: str):
+    return self.exp.predict(variables, split, self.parallel)
+
 
 class CachedFeatureRunner(StepRunner):
   """LP on cached backbone features: each epoch is one compiled scan (the strategy

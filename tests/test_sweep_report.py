@@ -14,10 +14,11 @@ import time
 import ml_collections
 import numpy as np
 import pytest
+import sklearn.metrics
 
 from configs import sweep_demo, sweep_paper
 from ftjax import run as run_lib
-from ftjax import paper_results, report, sweep
+from ftjax import evaluation, paper_results, report, sweep
 from ftjax.report import compare, tables
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -150,7 +151,7 @@ def test_killed_sweep_restarts_without_redoing_runs_and_reports(tmp_path):
   assert summary.ok and summary.total == 8
   assert set(summary.already_done) == set(finished)
   assert len(summary.ran) == 8 - len(finished)
-  assert all(sweep.status(s.directory(workdir)) == "done" for s in specs)
+  assert all(sweep.status(s.directory(workdir), identities[s]) == "done" for s in specs)
   assert {s: p.stat().st_mtime_ns for s, p in finished.items()} == mtimes
   again = sweep.run_sweep(config, workdir, specs, progress=False)
   assert not again.ran and len(again.already_done) == 8
@@ -165,6 +166,7 @@ def test_killed_sweep_restarts_without_redoing_runs_and_reports(tmp_path):
   assert [line.split(",")[0] for line in lines[1:]] == [
       "Full Fine-tuning (FT)", "Linear Probing (LP)"]
   results = [json.loads(p.read_text()) for p in workdir.rglob("results.json")]
+  _check_saved_predictions(workdir)
   study = report.study(workdir)
   for strategy in ("ft", "lp"):
     runs = [r for r in results if r["strategy"] == strategy]
@@ -179,6 +181,22 @@ def test_killed_sweep_restarts_without_redoing_runs_and_reports(tmp_path):
       mean, se = study.cells["synthetic"]["resnet18"][strategy][metric]
       assert mean == pytest.approx(values.mean())
       assert se == pytest.approx(values.std(ddof=1) / np.sqrt(2))
+
+
+def _check_saved_predictions(workdir: pathlib.Path) -> None:
+  """Every finished run saved both splits' predictions: each example once, and
+  scikit-learn's AUROC on them is the one in results.json."""
+  for path in workdir.rglob("results.json"):
+    results = json.loads(path.read_text())
+    for split in ("test", "validation"):
+      saved = evaluation.load_predictions(path.parent / "predictions" / f"{split}.npz")
+      assert saved["scores"].dtype == np.float32 and saved["ids"].dtype.kind == "U"
+      assert len(set(saved["ids"])) == len(saved["ids"]) == results[split]["count"]
+      assert set(saved["groups"]) == {""}  # the synthetic data has no patients
+      np.testing.assert_allclose(saved["scores"].sum(axis=1), 1.0, atol=1e-5)
+      auroc = sklearn.metrics.roc_auc_score(saved["labels"], saved["scores"],
+                                            multi_class="ovr")
+      assert auroc == pytest.approx(results[split]["auroc"], abs=1e-5)
 
 
 # --- Locks -------------------------------------------------------------------------

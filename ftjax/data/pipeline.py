@@ -27,10 +27,12 @@ from ftjax.data import preprocess
 
 
 def _example(image: np.ndarray, record: dict[str, Any], keep_ids: bool) -> dict[str, Any]:
-  """The transformed image with the record's label (and id, when asked for)."""
+  """The transformed image with the record's label (and, when asked for, its id and
+  patient id: b"" where the dataset has none)."""
   out = {"image": image, "label": np.asarray(record["label"])}
   if keep_ids:
     out["id"] = np.asarray(record["id"], dtype=object).astype(bytes)
+    out["group"] = np.asarray(record.get("patient_id", b""), dtype=object).astype(bytes)
   return out
 
 
@@ -124,7 +126,8 @@ def make_loader(data_source: Sequence, batch_size: int, *, seed: int = 0, epoch:
     crop: center-crop size of the default transform.
     pad_last: pad the short last batch and add ``mask``; default: when not
       dropping the remainder.
-    keep_ids: carry each example's ``id`` (bytes) in the batch.
+    keep_ids: carry each example's ``id`` and ``group`` (its ``patient_id``;
+      b"" where there is none), as bytes, in the batch.
     worker_buffer_size: batches each worker prepares ahead.
     read_threads: reader threads per process.
     prefetch: examples read ahead per process.
