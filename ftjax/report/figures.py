@@ -108,3 +108,44 @@ def rgn_figures(study: Study, out: pathlib.Path) -> list[pathlib.Path]:
     if path is not None:
       paths.append(path)
   return paths
+
+
+def cd_diagram(test, title: str, path: pathlib.Path) -> pathlib.Path | None:
+  """Critical-difference diagram: strategies on an axis of average rank (1 = best,
+  left), a bar joining each clique that Wilcoxon-Holm cannot tell apart."""
+  if len(test.names) < 2:
+    return None
+  plt = _pyplot()
+  k = len(test.names)
+  order = np.argsort(test.ranks, kind="mergesort")
+  half = (k + 1) // 2
+  fig, ax = plt.subplots(figsize=(7.0, 1.0 + 0.3 * half + 0.1 * len(test.cliques)),
+                         dpi=130)
+  ax.set_xlim(0.5, k + 0.5)
+  ax.set_ylim(-(0.9 + 0.55 * half), 0.9)
+  ax.hlines(0, 1, k, color="black", linewidth=1)
+  for r in range(1, k + 1):
+    ax.vlines(r, 0, 0.12, color="black", linewidth=1)
+    ax.text(r, 0.22, str(r), ha="center", va="bottom", fontsize=8)
+  for position, i in enumerate(order):
+    rank, name = float(test.ranks[i]), _label(test.names[i])
+    left = position < half
+    y = -(position if left else k - 1 - position) * 0.55 - 0.9
+    x_text = 0.55 if left else k + 0.45
+    ax.plot([rank, rank, x_text], [0, y, y], color="black", linewidth=0.8)
+    ax.text(x_text, y + 0.08, f"{name} ({rank:.2f})", ha="left" if left else "right",
+            va="bottom", fontsize=8)
+  for n, clique in enumerate(test.cliques):
+    ranks = [float(test.ranks[test.names.index(s)]) for s in clique]
+    y = -0.25 - 0.18 * n
+    ax.hlines(y, min(ranks) - 0.03, max(ranks) + 0.03, color="tab:red", linewidth=3)
+  ax.axis("off")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+def _label(strategy: str) -> str:
+  return strategy.upper().replace("_", "-")

@@ -6,10 +6,13 @@ import base64
 import html
 import json
 import pathlib
+import re
 import sys
+import time
 
 from ftjax import paper_results
-from ftjax.report import collect, compare, figures, tables
+from ftjax.report import collect, compare, figures, stats, tables
+from ftjax.report import verdict as verdict_lib
 
 _CSS = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
         "table{border-collapse:collapse;margin:0.5em 0;font-size:0.85em}"
@@ -28,6 +31,14 @@ DEFINITIONS = f"""\
   dataset and architecture (table 11 footnote, figure captions).
 - Beats FT: improvement > {compare.BEATS_FT_THRESHOLD}% (table 12 caption). Effectiveness:
   cases beaten / cases compared, per strategy over datasets × architectures.
+"""
+
+RECOMMENDATION_INTRO = """\
+Per dataset: the architecture and strategy with the best mean validation main metric
+(the test split is not used to choose), its test value with a 95% bootstrap interval,
+and which other strategies on that architecture cannot be told apart from it: their
+paired difference (same seeds, same test images) is inside the region of practical
+equivalence or its interval holds 0. Datasets are grouped by imaging modality.
 """
 
 
@@ -78,10 +89,35 @@ def _from_paper(table: tables.Table, slug: str, title: str) -> tables.Table:
   return table
 
 
+def verdict_sections(study: collect.Study, verdict: verdict_lib.Verdict,
+                     figures_dir: pathlib.Path | None
+                     ) -> tuple[dict[str, list[tables.Table]], list[pathlib.Path]]:
+  """The intervals, differences to FT and rank tests; and the CD diagrams written."""
+  datasets = tables.ordered(study.cells, paper_results.datasets())
+  metrics = {d: study.main_metrics[d][0] for d in datasets}
+  archs = tables.ordered({a for d in datasets for a in study.cells[d]},
+                         tuple(tables.ARCH_NAMES))
+  how_sure = [verdict_lib.interval_table(study, verdict, d) for d in datasets]
+  how_sure += [t for t in (verdict_lib.difference_table(study, verdict, d) for d in datasets)
+               if t]
+  how_sure.append(verdict_lib.win_tie_loss_table(study, verdict))
+  ranks = verdict_lib.rank_tests(study.cells, metrics, archs, figures_dir)
+  return ({"How sure: bootstrap intervals and paired differences to FT": how_sure,
+           "Across cells: Friedman test and critical differences": [ranks.table,
+                                                                    *ranks.pairwise]},
+          ranks.figures)
+
+
 def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
-                 figures_too: bool = True) -> dict[str, pathlib.Path]:
+                 figures_too: bool = True, resamples: int = stats.DEFAULT_RESAMPLES,
+                 rope: float = stats.DEFAULT_ROPE, bootstrap_seed: int = stats.DEFAULT_SEED,
+                 modalities: dict[str, str] | None = None) -> dict[str, pathlib.Path]:
   """Reads every results.json under `workdir` and writes the report into `out`.
 
+  Cells whose runs saved test predictions also get bootstrap intervals
+  (`resamples`, `bootstrap_seed`), paired differences to FT called with a ROPE of
+  ±`rope` points, and a recommendation per dataset grouped by modality
+  (`modalities`: dataset name or pattern -> the user's label).
   Returns the main files written: report.md, index.html, cells.csv, summary.json.
   """
   out = pathlib.Path(out)
@@ -93,6 +129,16 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
     raise FileNotFoundError(f"No results.json of a run directory under {workdir}: run the "
                             f"sweep first (python -m ftjax.sweep --workdir {workdir}).")
   sections = build_tables(study)
+  start = time.perf_counter()
+  verdict = verdict_lib.analyse(study, resamples=resamples, rope=rope, seed=bootstrap_seed)
+  print(f"report: bootstrap of {len(verdict.intervals)} cell(s), {len(verdict.samples)} "
+        f"run(s), {resamples} resamples: {time.perf_counter() - start:.1f} s",
+        file=sys.stderr)
+  if figures_too:
+    (out / "figures").mkdir(exist_ok=True)
+  how_sure, cd_paths = verdict_sections(study, verdict, out / "figures" if figures_too
+                                        else None)
+  sections = {**how_sure, **sections}
   for section in sections.values():
     for table in section:
       (out / "tables" / f"{table.slug}.csv").write_text(table.csv())
@@ -105,10 +151,10 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
     writer.writerows(rows)
   (out / "summary.json").write_text(json.dumps(collect.as_json(study), indent=1) + "\n")
 
-  images: dict[str, list[pathlib.Path]] = {"Figures 6-11: relative improvement over FT": [],
+  images: dict[str, list[pathlib.Path]] = {"Critical-difference diagrams": cd_paths,
+                                           "Figures 6-11: relative improvement over FT": [],
                                            "Auto-RGN per-layer weights": []}
   if figures_too:
-    (out / "figures").mkdir(exist_ok=True)
     for dataset in study.datasets:
       path = figures.improvement_figure(study.cells, dataset, study.main_metrics[dataset][0],
                                         out / "figures" / f"relative_{dataset}.png")
@@ -128,7 +174,10 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
     header += (f"\n## Ignored\n\n{len(study.ignored)} results.json file(s) under the workdir "
                f"are not counted:\n\n"
                + "".join(f"- `{where}`: {why}\n" for where, why in study.ignored.items()))
-  md = [header]
+  recommendation = (f"## Recommendation\n\n{RECOMMENDATION_INTRO}\n"
+                    f"{verdict_lib.recommendations(study, verdict, modalities)}\n"
+                    f"{verdict_lib.lacking_note(verdict)}")
+  md = [header, recommendation]
   for title, section in sections.items():
     md.append(f"## {title}\n\n" + "\n".join(t.markdown() for t in section))
   for title, paths in images.items():
@@ -136,12 +185,12 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
       md.append(f"## {title}\n\n" + "\n".join(
           f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in paths) + "\n")
   (out / "report.md").write_text("\n".join(md))
-  (out / "index.html").write_text(_html(header, sections, images))
+  (out / "index.html").write_text(_html(header, sections, images, recommendation))
   return {"report.md": out / "report.md", "index.html": out / "index.html",
           "cells.csv": out / "cells.csv", "summary.json": out / "summary.json"}
 
 
-def _html(header_md: str, sections, images) -> str:
+def _html(header_md: str, sections, images, recommendation_md: str = "") -> str:
   """One page, images inlined as data URIs so the file stands alone."""
   intro = "".join(f"<p>{html.escape(line)}</p>" for line in header_md.splitlines()[2:3])
   defs = "<ul>" + "".join(
@@ -149,7 +198,7 @@ def _html(header_md: str, sections, images) -> str:
       for item in DEFINITIONS.strip().lstrip("- ").split("\n- ")) + "</ul>"
   parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ftjax study report"
            f"</title><style>{_CSS}</style></head><body><h1>ftjax study report</h1>{intro}"
-           f"<h2>Definitions</h2>{defs}"]
+           f"<h2>Definitions</h2>{defs}", _markdown_html(recommendation_md)]
   for title, section in sections.items():
     parts.append(f"<h2>{html.escape(title)}</h2>" + "".join(t.html() for t in section))
   for title, paths in images.items():
@@ -159,4 +208,21 @@ def _html(header_md: str, sections, images) -> str:
         data = base64.b64encode(p.read_bytes()).decode()
         parts.append(f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{data}'>")
   parts.append("</body></html>")
+  return "\n".join(parts)
+
+
+def _markdown_html(text: str) -> str:
+  """The recommendation's few Markdown forms (##/### headings, - items, **bold**, `code`)."""
+  parts = []
+  for line in text.splitlines():
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>",
+                     re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", html.escape(line.lstrip("#- "))))
+    if line.startswith("### "):
+      parts.append(f"<h3>{escaped}</h3>")
+    elif line.startswith("## "):
+      parts.append(f"<h2>{escaped}</h2>")
+    elif line.startswith("- "):
+      parts.append(f"<p>• {escaped}</p>")
+    elif line.strip():
+      parts.append(f"<p>{escaped}</p>")
   return "\n".join(parts)
