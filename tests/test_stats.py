@@ -1,6 +1,7 @@
 """ftjax.report.stats against published results and independent computations."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -140,3 +141,22 @@ def test_metric_samples_use_the_metrics_checked_against_sklearn():
     (3.0, -1.0, 7.0, "tie"), (0.8, 0.2, 1.4, "tie")])
 def test_win_tie_loss_calls(estimate, low, high, call):
   assert stats.call_difference(estimate, low, high, rope=1.0).call == call
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+@pytest.mark.parametrize("metric", ["auroc", "map"])
+def test_vectorised_ranking_metrics_equal_the_metrics_per_resample(metric, multilabel):
+  rng = np.random.default_rng(4)
+  n, classes = 80, 4
+  if multilabel:
+    labels = (rng.random((n, classes)) < 0.15).astype(np.int64)  # some resamples miss one
+  else:
+    labels = rng.integers(0, classes, n)
+  scores = np.round(rng.random((n, classes)), 1)  # many ties
+  groups = np.array([f"p{i // 4}" for i in range(n)])
+  indices = stats.resample_indices(np.arange(n).astype(str), groups, 40)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    loop = [stats.metric_value(metric, scores[i], labels[i]) for i in indices]
+  np.testing.assert_allclose(stats.ranking_samples(metric, scores, labels, indices), loop,
+                             rtol=1e-10)
