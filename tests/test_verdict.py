@@ -31,6 +31,11 @@ def _save_predictions(run_dir, right_rate: float, seed: int, groups: np.ndarray)
   order = rng.permutation(N_TEST)  # runs may store their examples in any order
   np.savez(run_dir / "predictions" / "test.npz", scores=scores[order], labels=labels[order],
            ids=ids[order], groups=groups[order])
+  # results.json's test values are those of the same predictions, as a run writes them.
+  results = json.loads((run_dir / "results.json").read_text())
+  results["test"].update(accuracy=float(right.mean()),
+                         kappa=sklearn.metrics.cohen_kappa_score(labels, predicted))
+  (run_dir / "results.json").write_text(json.dumps(results))
 
 
 def _sweep(root, with_predictions=True, groups=None, dataset="mura_wrist"):
@@ -88,6 +93,10 @@ def test_report_has_intervals_calls_cd_diagram_and_recommendation(tmp_path):
   assert "chosen on validation, **Grad. Last/All (LP-FT)** with ResNet-50" in rec
   assert "not significantly different" in rec and "Full Fine-tuning (FT) (" in rec
   assert "Clearly worse: Linear Probing (LP)" in rec
+  summary = json.loads(written["summary.json"].read_text())
+  assert summary["vs_ft"]["wrist_xr/resnet50/lp"]["accuracy"]["call"] == "loss"
+  assert summary["intervals"]["wrist_xr/resnet50/ft"]["accuracy"] == pytest.approx(
+      [mean, low, high])
   # The CD diagram (3 strategies on 1 cell cannot be ranked: no diagram) and the HTML.
   assert "Friedman test over strategies" in md
   html = written["index.html"].read_text()
@@ -117,7 +126,7 @@ def test_old_runs_without_predictions_still_report_and_say_so(tmp_path):
   _sweep(tmp_path / "runs", with_predictions=False)
   written = report.write_report(tmp_path / "runs", tmp_path / "out", resamples=50)
   md = written["report.md"].read_text()
-  assert "80.00 ± 0.00" in md  # mean ± s.e. as before
+  assert "80.00 ± 0.00" in md  # mean ± s.e. from results.json, as before
   assert "Cells without intervals" in md
   assert "`mura_wrist/resnet50/lp`: no saved test predictions" in md
   assert "No interval: its runs saved no test predictions" in md

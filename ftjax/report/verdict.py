@@ -199,6 +199,22 @@ def win_tie_loss_table(study: Study, verdict: Verdict) -> tables.Table:
                       f"improvement > 0.1%.")
 
 
+def as_json(study: Study, verdict: Verdict) -> dict:
+  """The intervals and differences to FT for report/summary.json."""
+  vs_ft = {}
+  for (dataset, arch, strategy) in verdict.intervals:
+    for metric in study.main_metrics[dataset][:2]:
+      d = verdict.difference((dataset, arch, strategy), (dataset, arch, BASELINE), metric)
+      if d is not None and strategy != BASELINE:
+        vs_ft.setdefault("/".join((dataset, arch, strategy)), {})[metric] = \
+            dataclasses.asdict(d)
+  return {"bootstrap": {"resamples": verdict.resamples, "seed": verdict.seed,
+                        "rope": verdict.rope, "unit": verdict.unit},
+          "intervals": {"/".join(k): v for k, v in verdict.intervals.items()},
+          "vs_ft": vs_ft, "lacking_intervals": {"/".join(k): why
+                                                for k, why in verdict.lacking.items()}}
+
+
 def lacking_note(verdict: Verdict) -> str:
   if not verdict.lacking:
     return ""

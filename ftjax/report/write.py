@@ -149,7 +149,8 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  (out / "summary.json").write_text(json.dumps(collect.as_json(study), indent=1) + "\n")
+  summary = {**collect.as_json(study), **verdict_lib.as_json(study, verdict)}
+  (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
   images: dict[str, list[pathlib.Path]] = {"Critical-difference diagrams": cd_paths,
                                            "Figures 6-11: relative improvement over FT": [],
