@@ -153,3 +153,17 @@ def test_paper_reanalysis_matches_an_independent_friedman(tmp_path):
   d = paper.difference("chexpert", "resnet50", "lp_ft", rope=1.0)
   assert d.estimate == pytest.approx(1.37) and d.call == "tie"
   assert d.high - d.estimate == pytest.approx(2.776 * math.sqrt(0.85), abs=1e-3)
+
+
+def test_damaged_predictions_file_is_named_and_the_cell_keeps_its_mean(tmp_path):
+  _sweep(tmp_path / "runs")
+  damaged = tmp_path / "runs/mura_wrist/resnet50/lp/lr0.0001/seed1/predictions/test.npz"
+  damaged.write_bytes(damaged.read_bytes()[:100])  # cut short
+  written = report.write_report(tmp_path / "runs", tmp_path / "out", resamples=20)
+  md = written["report.md"].read_text()
+  assert f"`mura_wrist/resnet50/lp`: {damaged} is unreadable (" in md
+  lp_row = next(line for line in md.splitlines()
+                if line.startswith("| Linear Probing (LP) | ") and "±" in line)
+  assert "95% CI" not in lp_row  # the first table with intervals: mean ± s.e. only
+  assert "mura_wrist/resnet50/ft" in json.loads(written["summary.json"].read_text())[
+      "intervals"]

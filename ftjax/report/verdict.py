@@ -14,6 +14,7 @@ import dataclasses
 import fnmatch
 import math
 import pathlib
+import zipfile
 
 import numpy as np
 
@@ -70,12 +71,19 @@ def _selected_runs(study: Study, key: Key) -> list[Record]:
   return [r for r in study.records if r.key == key and r.lr == lr]
 
 
-def _load_test(run: Record) -> dict[str, np.ndarray] | None:
-  """The run's saved test predictions sorted by example id; None if it has none."""
+def _load_test(run: Record) -> dict[str, np.ndarray] | str:
+  """The run's saved test predictions sorted by example id, or why there are none."""
   path = run.path / run_lib.RunDir.PREDICTIONS / "test.npz"
   if not path.exists():
-    return None
-  saved = evaluation.load_predictions(path)
+    return "no saved test predictions (a run from an older ftjax)"
+  try:
+    saved = evaluation.load_predictions(path)
+    n = len(saved["ids"])
+    if saved["scores"].ndim != 2 or any(len(saved[k]) != n for k in saved):
+      raise ValueError("its arrays have different lengths or scores is not [n, classes]")
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    return (f"{path} is unreadable ({type(error).__name__}: {error}); rerun the run or "
+            f"delete the file")
   order = np.argsort(saved["ids"], kind="mergesort")
   return {k: v[order] for k, v in saved.items()}
 
@@ -89,8 +97,9 @@ def analyse(study: Study, *, resamples: int = stats.DEFAULT_RESAMPLES,
     reference, indices = None, None
     for key in sorted(k for k in study.selections if k[0] == dataset):
       loaded = [(r.seed, _load_test(r)) for r in _selected_runs(study, key)]
-      if any(p is None for _, p in loaded):
-        verdict.lacking[key] = "no saved test predictions (a run from an older ftjax)"
+      why = next((p for _, p in loaded if isinstance(p, str)), None)
+      if why is not None:
+        verdict.lacking[key] = why
         continue
       if reference is None:
         reference = loaded[0][1]
