@@ -243,7 +243,7 @@ def test_run_locked_by_another_process_is_waited_for_not_rerun(tmp_path):
   child.wait()
   assert log.read_text().splitlines() == [sweep.grid(config)[1].name]
   assert summary.done_elsewhere == [held] and summary.ok
-  assert sweep.status(held_dir) == "done"
+  assert sweep.status(held_dir, identity) == "done"
 
 
 def test_failing_run_is_logged_and_the_sweep_goes_on(tmp_path):
@@ -494,7 +494,8 @@ def test_diverged_run_is_recorded_reported_and_not_retried(tmp_path):
   retried = sweep.run_sweep(config, workdir, runner=fake_runner(log), progress=False,
                             retry_diverged=True)
   assert retried.ran == [bad] and log.read_text().split() == [bad.name]
-  assert sweep.status(bad_dir) == "done" and not (bad_dir / "diverged.json").exists()
+  assert sweep.status(bad_dir, sweep.expected_identity(bad.config(config.base))) == "done"
+  assert not (bad_dir / "diverged.json").exists()
 
 
 def test_report_skips_diverged_runs_and_their_learning_rate(tmp_path):
