@@ -4,6 +4,9 @@
       --workdir runs/isic_lpft_dn121 --config.lr=1e-4 --config.seed=1
 
 The argument after ':' is 'dataset,strategy[,arch]' (arch defaults to resnet50).
+The dataset may be one of your own, by the name it was prepared under
+(python -m ftjax.data prepare --dataset folder --name knee_xr ...): its classes and
+metrics are read from its metadata in config.data_dir.
 """
 
 import ml_collections
@@ -33,7 +36,7 @@ def dataset_options(*datasets: str) -> ml_collections.ConfigDict:
   """
   options = ml_collections.ConfigDict()
   for name in datasets:
-    for key, default in data.get_dataset(name).option_defaults().items():
+    for key, default in data.option_defaults(name).items():
       if key not in options:
         options[key] = ml_collections.config_dict.placeholder(type(default))
   return options

@@ -90,7 +90,7 @@ class RunSpec:
     config = ml_collections.ConfigDict(base.to_dict())
     config.dataset, config.arch, config.strategy = self.dataset, self.arch, self.strategy
     # A dataset option applies to the datasets that have it (unit: CheXpert, MURA).
-    accepted = data.get_dataset(self.dataset).option_defaults()
+    accepted = data.option_defaults(self.dataset, base.data_dir)
     config.dataset_options = {k: v for k, v in config.dataset_options.items()
                               if v is not None and k in accepted}
     config.lr, config.seed = float(self.lr), int(self.seed)

@@ -9,6 +9,7 @@ once, and ``builder.as_data_source(split)`` feeds ``pipeline.make_loader``.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any
 
 import tensorflow_datasets as tfds
@@ -23,7 +24,7 @@ from ftjax.data.isic2020 import Isic2020
 from ftjax.data.medmnist import SUBSETS as MEDMNIST_SUBSETS, Medmnist
 from ftjax.data.mura import Mura
 from ftjax.data.synthetic import MULTICLASS_NAMES, MULTILABEL_NAMES, Synthetic
-from ftjax.data import chexpert, cholect50, bach, brain_tumor_mri
+from ftjax.data import chexpert, cholect50, bach, brain_tumor_mri, user
 
 __all__ = ["DataError", "DatasetInfo", "get_dataset", "list_datasets", "ImageBuilder",
            "ImageConfig", "Example"]
@@ -105,10 +106,45 @@ def list_datasets() -> list[str]:
   return sorted(_REGISTRY)
 
 
-def get_dataset(name: str) -> DatasetInfo:
-  """The DatasetInfo of ``name``; a ValueError lists the valid names."""
-  try:
+def generic_builders() -> list[str]:
+  """The builders that prepare the user's own data under a name (--dataset folder)."""
+  return sorted(user.generic_builders())
+
+
+def get_dataset(name: str, data_dir=None) -> DatasetInfo:
+  """The DatasetInfo of ``name``: a built-in dataset, or a user dataset prepared in
+  ``data_dir`` (``python -m ftjax.data prepare --dataset folder --name ...``); a
+  ValueError lists the valid names."""
+  if name in _REGISTRY:
     return _REGISTRY[name]
-  except KeyError:
-    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}"
-                     ) from None
+  found = user.find_prepared(DatasetInfo, name, data_dir) if data_dir is not None else None
+  if found is not None:
+    return found
+  prepared = user_datasets(data_dir) if data_dir is not None else []
+  where = (f"; prepared in {data_dir}: {', '.join(prepared) or 'none'}" if data_dir is not None
+           else "")
+  raise ValueError(f"unknown dataset {name!r}; built-in names: {', '.join(list_datasets())}"
+                   f"{where}. Prepare your own images under a name with: python -m ftjax.data "
+                   f"prepare --dataset folder --name {name if user.NAME_RE.fullmatch(name) else 'NAME'} "
+                   "--manual_dir <your images> --data_dir <data_dir>")
+
+
+def user_datasets(data_dir) -> list[str]:
+  """Names of the user datasets prepared in ``data_dir``."""
+  root = pathlib.Path(data_dir)
+  if not root.is_dir():
+    return []
+  return sorted(p.name for p in root.iterdir()
+                if p.name not in _REGISTRY and user.prepared_layout(root, p.name) is not None)
+
+
+def option_defaults(name: str, data_dir=None) -> dict[str, Any]:
+  """The dataset options of ``name`` (``config.dataset_options``); a name that is not
+  built in is a user dataset, whose options are the split ones."""
+  if name in _REGISTRY:
+    return _REGISTRY[name].option_defaults()
+  if data_dir is not None:
+    found = user.find_prepared(DatasetInfo, name, data_dir)
+    if found is not None:
+      return found.option_defaults()
+  return user.split_option_defaults()

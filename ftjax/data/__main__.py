@@ -4,6 +4,11 @@
       --data_dir ~/tfds [--resize 232] [--skip_bad] [--option unit=image]
   python -m ftjax.data inspect --dataset isic2020 --data_dir ~/tfds --out sheet.png
 
+Your own images: ``--dataset folder`` (class folders), ``csv`` (a table of image
+paths and labels) or ``npz`` (MedMNIST-format arrays), with ``--name knee_xr``;
+the dataset is then known by that name (``inspect --dataset knee_xr``, training's
+``--config.dataset=knee_xr``).
+
 Bad input data ends the command with one line, ``error: <file>: <what is wrong and
 the fix>``, on stderr and exit status 2.
 """
@@ -16,7 +21,9 @@ import json
 import sys
 from typing import Sequence
 
-from ftjax.data import DataError, get_dataset, list_datasets
+from pathlib import Path
+
+from ftjax.data import DataError, DatasetInfo, generic_builders, get_dataset, list_datasets, user
 
 
 def _options(pairs: Sequence[str]) -> dict:
@@ -33,9 +40,38 @@ def _options(pairs: Sequence[str]) -> dict:
 
 
 def _builder(args, **kwargs):
-  info = get_dataset(args.dataset)
+  if args.dataset in generic_builders():
+    return _user_builder(args, **kwargs)
+  if getattr(args, "name", None):
+    raise DataError(f"--name is for your own data (--dataset {' / '.join(generic_builders())}), "
+                    f"not for the built-in {args.dataset}.")
+  info = get_dataset(args.dataset, args.data_dir)
   return info, info.create(args.data_dir, resize=args.resize, **_options(args.option),
                            **kwargs)
+
+
+def _user_builder(args, **kwargs):
+  """A generic builder under the user's --name, its layout read from manual_dir."""
+  if args.command != "prepare":
+    raise DataError(f"inspect a prepared dataset by its name: --dataset <the --name it was "
+                    f"prepared with>, not --dataset {args.dataset}.")
+  name = user.check_name(args.name, list_datasets() + generic_builders())
+  if not args.manual_dir:
+    raise DataError(f"--dataset {args.dataset} needs --manual_dir, the folder that holds "
+                    "your images.")
+  base = user.generic_builders()[args.dataset]
+  root = Path(args.manual_dir)
+  if not root.is_dir():
+    raise DataError(f"{root}: folder not found (--manual_dir). Give the folder that holds "
+                    "your images.")
+  options = base.discover(root, _options(args.option))
+  config = base.make_config(**options)
+  layout = {k: getattr(config, k) for k in base.layout_fields()}
+  user.check_same_layout(args.dataset, user.prepared_layout(args.data_dir, name), name,
+                         layout, args.data_dir)
+  info = user.make_info(DatasetInfo, name, args.dataset, layout)
+  split_options = {k: v for k, v in options.items() if k not in layout}
+  return info, info.create(args.data_dir, resize=args.resize, **split_options, **kwargs)
 
 
 def prepare(args) -> int:
@@ -54,6 +90,12 @@ def prepare(args) -> int:
   for split, split_info in builder.info.splits.items():
     print(f"  {split}: {split_info.num_examples} examples")
   print(f"  skipped bad images: {meta.get('skipped_bad')}")
+  if "user_dataset" in meta:
+    layout = meta["user_dataset"]["layout"]
+    print(f"  classes: {', '.join(layout['classes'])} "
+          f"({'multi-label' if layout['multilabel'] else 'one class per image'}); "
+          f"main metrics: {', '.join(layout['main_metrics'])}")
+    print(f"  train with: --config.dataset={info.name} --config.data_dir={args.data_dir}")
   _print_ignored(meta, builder.data_path)
   for key, value in meta.get("notes", {}).items():
     print(f"  {key}: {value}")
@@ -97,12 +139,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   sub = parser.add_subparsers(dest="command", required=True)
   for name in ("prepare", "inspect"):
     p = sub.add_parser(name)
-    p.add_argument("--dataset", required=True, help=f"one of: {', '.join(list_datasets())}")
+    p.add_argument("--dataset", required=True,
+                   help=f"one of: {', '.join(list_datasets())}; your own data: "
+                        f"{', '.join(generic_builders())} with --name (then the name)")
     p.add_argument("--data_dir", required=True, help="where prepared datasets live")
     p.add_argument("--resize", type=int, default=232, help="shorter side (232 or 256)")
     p.add_argument("--option", action="append", default=[],
                    help="extra config option key=value (unit=image, val_fraction=0.1, ...)")
     if name == "prepare":
+      p.add_argument("--name", help="the name your own dataset is stored and trained under "
+                     "(with --dataset folder / csv / npz), e.g. knee_xr")
       p.add_argument("--manual_dir", help="the dataset as downloaded from its owners")
       p.add_argument("--skip_bad", action="store_true",
                      help="skip (and count) unreadable images instead of stopping")

@@ -147,14 +147,16 @@ def require_file(path: Path, what: str, where: str) -> Path:
 NOT_SKIPPED = "--skip_bad skips unreadable images, not bad labels."
 
 
-def read_csv(path: Path, required: Sequence[str], where: str = "") -> list[dict[str, str]]:
+def read_csv(path: Path, required: Sequence[str], where: str = "", *, delimiter: str = ",",
+             fix: str = "") -> list[dict[str, str]]:
   """CSV rows as dicts; a DataError naming the file (and row) for anything that is
   not a complete CSV with the required columns: empty, not UTF-8, a missing
-  column, a row with too few or too many fields, broken quoting."""
+  column, a row with too few or too many fields, broken quoting. ``fix`` replaces
+  the default advice (use the dataset's original file)."""
   import csv
   import io
   require_file(path, "CSV file", where)
-  fix = f"Use the dataset's original CSV file (re-download or re-extract it). {where}".strip()
+  fix = fix or f"Use the dataset's original CSV file (re-download or re-extract it). {where}".strip()
   data = path.read_bytes()
   if not data.strip():
     raise DataError(f"{path}: file is empty{' (0 bytes)' if not data else ''}. {fix}")
@@ -164,7 +166,7 @@ def read_csv(path: Path, required: Sequence[str], where: str = "") -> list[dict[
     line = data[:exc.start].count(b"\n") + 1
     raise DataError(f"{path} row {line}: not UTF-8 text (byte {data[exc.start]:#04x} at "
                     f"offset {exc.start}). {fix}") from None
-  reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+  reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
   rows = []
   try:
     columns = [c.strip() for c in next(reader)]

@@ -162,44 +162,52 @@ class Medmnist(ImageBuilder):
     path = root / f"{self.builder_config.subset}.npz"
     if not path.is_file():
       raise DataError(f"{path}: file not found. {WHERE}")
-    arrays = read_arrays(path)
-    out = {}
-    for split, prefix in (("train", "train"), ("validation", "val"), ("test", "test")):
-      images, labels = self._split_arrays(path, arrays, prefix)
-      multilabel = self._spec()[1]
-      out[split] = [Example(key=f"{prefix}_{i:06d}", source=images[i],
-                            label=(labels[i].astype(np.float32).tolist() if multilabel
-                                   else int(labels[i, 0])),
-                            origin=f"{path} {prefix}_images[{i}]")
-                    for i in range(len(images))]
-    self._notes["split"] = "MedMNIST's official train / val / test"
-    return out
-
-  def _split_arrays(self, path: Path, arrays: dict[str, np.ndarray],
-                    prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) of one split, the labels of exactly the subset's shape."""
     num_classes, multilabel = self._spec()
-    for kind in ("images", "labels"):
-      if f"{prefix}_{kind}" not in arrays:
-        raise DataError(f"{path}: missing array '{prefix}_{kind}'. {WHERE}")
-    images, labels = arrays[f"{prefix}_images"], arrays[f"{prefix}_labels"]
-    if images.ndim not in (3, 4):
-      raise DataError(f"{path}: {prefix}_images has shape {images.shape}; expected "
-                      f"(N, H, W) or (N, H, W, 3) images. {WHERE}")
-    columns = num_classes if multilabel else 1
-    meaning = (f"{num_classes} 0/1 columns, one per label" if multilabel
-               else "one class index per image")
-    validate.check_label_shape(
-        labels, (len(images), columns), f"{path}: {prefix}_labels",
-        f"{self.builder_config.subset} has {meaning} for each of the {len(images)} "
-        f"{prefix}_images; use the official MedMNIST .npz. {WHERE}")
-    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)
-            or (np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)))):
-      raise DataError(f"{path}: {prefix}_labels holds {labels.dtype} values that are not "
-                      f"whole class indices (e.g. {labels.ravel()[:5].tolist()}); use the "
-                      f"official MedMNIST .npz. {WHERE}")
-    if (labels < 0).any() or (labels >= (2 if multilabel else num_classes)).any():
-      expected = "0 or 1" if multilabel else f"0..{num_classes - 1}"
-      raise DataError(f"{path}: unknown label in {prefix}_labels (values "
-                      f"{np.unique(labels)[:10].tolist()}); expected {expected}.")
-    return images, labels
+    self._notes["split"] = "MedMNIST's official train / val / test"
+    return examples_of(path, read_arrays(path), num_classes, multilabel,
+                       self.builder_config.subset, f"use the official MedMNIST .npz. {WHERE}")
+
+
+SPLIT_PREFIXES = (("train", "train"), ("validation", "val"), ("test", "test"))
+
+
+def examples_of(path: Path, arrays: dict[str, np.ndarray], num_classes: int, multilabel: bool,
+                what: str, fix: str) -> dict[str, list[Example]]:
+  """The examples of each split of a MedMNIST-format .npz (arrays checked first)."""
+  out = {}
+  for split, prefix in SPLIT_PREFIXES:
+    images, labels = split_arrays(path, arrays, prefix, num_classes, multilabel, what, fix)
+    out[split] = [Example(key=f"{prefix}_{i:06d}", source=images[i],
+                          label=(labels[i].astype(np.float32).tolist() if multilabel
+                                 else int(labels[i, 0])),
+                          origin=f"{path} {prefix}_images[{i}]")
+                  for i in range(len(images))]
+  return out
+
+
+def split_arrays(path: Path, arrays: dict[str, np.ndarray], prefix: str, num_classes: int,
+                 multilabel: bool, what: str, fix: str) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of one split, the labels of exactly the expected shape: (N, 1)
+  class indices below ``num_classes``, or (N, num_classes) 0/1 values."""
+  for kind in ("images", "labels"):
+    if f"{prefix}_{kind}" not in arrays:
+      raise DataError(f"{path}: missing array '{prefix}_{kind}'. {WHERE}")
+  images, labels = arrays[f"{prefix}_images"], arrays[f"{prefix}_labels"]
+  if images.ndim not in (3, 4):
+    raise DataError(f"{path}: {prefix}_images has shape {images.shape}; expected "
+                    f"(N, H, W) or (N, H, W, 3) images. {WHERE}")
+  columns = num_classes if multilabel else 1
+  meaning = (f"{num_classes} 0/1 columns, one per label" if multilabel
+             else "one class index per image")
+  validate.check_label_shape(
+      labels, (len(images), columns), f"{path}: {prefix}_labels",
+      f"{what} has {meaning} for each of the {len(images)} {prefix}_images; {fix}")
+  if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)
+          or (np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels)))):
+    raise DataError(f"{path}: {prefix}_labels holds {labels.dtype} values that are not "
+                    f"whole class indices (e.g. {labels.ravel()[:5].tolist()}); {fix}")
+  if (labels < 0).any() or (labels >= (2 if multilabel else num_classes)).any():
+    expected = "0 or 1" if multilabel else f"0..{num_classes - 1}"
+    raise DataError(f"{path}: unknown label in {prefix}_labels (values "
+                    f"{np.unique(labels)[:10].tolist()}); expected {expected}.")
+  return images, labels

@@ -19,9 +19,14 @@ def dataset_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: v for k, v in config.dataset_options.to_dict().items() if v is not None}
 
 
+def _dataset_flags(info) -> str:
+  base = getattr(info.builder, "BASE_NAME", "")
+  return f"--dataset {base} --name {info.name}" if base else f"--dataset {info.name}"
+
+
 def prepared_builder(config: ml_collections.ConfigDict, arch: registry.Arch):
   """The dataset's builder, prepared (synthetic data is generated on first use)."""
-  info = get_dataset(config.dataset)
+  info = get_dataset(config.dataset, config.data_dir)
   resize = config.resize or arch.preprocessing.resize
   options = dataset_options(config)
   unknown = sorted(set(options) - set(info.option_defaults()))
@@ -53,7 +58,7 @@ def prepared_builder(config: ml_collections.ConfigDict, arch: registry.Arch):
           f"{info.name} is not prepared in {pathlib.Path(config.data_dir).absolute()} "
           f"(config {builder.builder_config.name}).{found} "
           f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS} "
-          f"Then prepare it once: python -m ftjax.data prepare --dataset {info.name} "
+          f"Then prepare it once: python -m ftjax.data prepare {_dataset_flags(info)} "
           f"--manual_dir <the downloaded folder> --data_dir {config.data_dir} "
           f"--resize {resize}"
           + "".join(f" --option {k}={v}" for k, v in sorted(options.items())))

@@ -1,0 +1,142 @@
+"""Any folder of images, one sub-folder per class.
+
+Two layouts of manual_dir:
+
+* pooled: ``<class>/<images>`` (images may sit in sub-folders of the class
+  folder, e.g. ``<class>/<patient>/<image>``). Test (``test_fraction``) and then
+  validation (``val_fraction`` of the rest) are carved, seeded; grouped by patient
+  when ``patient_pattern`` extracts a patient id from every image's path, else
+  stratified by class (every class must then have enough images for both sides).
+* pre-split: ``train/<class>/...``, ``test/<class>/...`` and optionally
+  ``val/`` (or ``validation/``, ``valid/``): the given splits are used; a missing
+  validation split is carved from train as above.
+
+Images: PNG, JPEG, BMP, TIFF (8 or 16 bit, grayscale or colour) and DICOM
+(``.dcm``, ``.dicom``; see :mod:`ftjax.data.dicom`). Other files are listed as
+ignored. ``patient_pattern`` is a regular expression searched in the path relative
+to manual_dir; its group ``patient`` (or its first group, or the whole match) is
+the patient id, e.g. ``--option 'patient_pattern=(P\\d+)_'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+from ftjax.data import validate
+from ftjax.data.base import Example, natural_key
+from ftjax.data.errors import DataError
+from ftjax.data.user import IMAGE_SUFFIXES, UserBuilder, UserConfig
+
+SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation", "valid"),
+                 "test": ("test",)}
+LAYOUT = ("manual_dir must hold <class>/<images> or train/<class>/<images> and "
+          "test/<class>/<images> (images: " + ", ".join(IMAGE_SUFFIXES) + ").")
+
+
+@dataclasses.dataclass(eq=True)
+class FolderConfig(UserConfig):
+  """Attributes:
+    patient_pattern: regular expression extracting a patient id from each image's
+      path relative to manual_dir ('' : no patients, carving stratified by class).
+  """
+
+  patient_pattern: str = ""
+
+
+class Folder(UserBuilder):
+  __doc__ = __doc__
+  CONFIG_CLASS = FolderConfig
+  BASE_NAME = "folder"
+  LAYOUT_OPTIONS = ("patient_pattern",)
+
+  # ---- the layout -----------------------------------------------------------
+
+  @staticmethod
+  def split_folders(root: Path) -> dict[str, Path]:
+    """split -> its folder, for a pre-split layout (empty for a pooled one)."""
+    found = {}
+    for split, names in SPLIT_FOLDERS.items():
+      for name in names:
+        if (root / name).is_dir():
+          found[split] = root / name
+          break
+    return found if "train" in found and "test" in found else {}
+
+  @classmethod
+  def class_folders(cls, folder: Path) -> list[Path]:
+    """The class folders of ``folder``; an error if there is none."""
+    found = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                   key=lambda p: natural_key(p.name))
+    if not found:
+      raise DataError(f"{validate.shown(folder)}: no class folders found (an empty folder?). "
+                      f"{LAYOUT}")
+    return found
+
+  @classmethod
+  def read_labels(cls, root: Path, config: FolderConfig) -> tuple[list[str], bool]:
+    folders = cls.split_folders(root) or {"train": root}
+    return [c.name for f in folders.values() for c in cls.class_folders(f)], False
+
+  # ---- examples ---------------------------------------------------------------
+
+  def _list_examples(self, root: Path) -> dict[str, list[Example]]:
+    pattern = self._pattern()
+    folders = self.split_folders(root)
+    if not folders:
+      return self.three_way(self._images(root, root, pattern), validate.shown(root))
+    self._ignore_other_top_level(root, folders)
+    given = {split: self._images(root, folder, pattern) for split, folder in folders.items()}
+    return self.with_validation(given, validate.shown(folders["train"]))
+
+  def _pattern(self) -> re.Pattern | None:
+    text = self.builder_config.patient_pattern
+    if not text:
+      return None
+    try:
+      return re.compile(text)
+    except re.error as exc:
+      raise DataError(f"--option patient_pattern={text}: not a regular expression ({exc}). "
+                      "Give one whose group extracts the patient id, e.g. (P\\d+)_.") from None
+
+  def _images(self, root: Path, folder: Path, pattern: re.Pattern | None) -> list[Example]:
+    """Every image under the class folders of ``folder``, labelled by its class folder."""
+    examples = []
+    for class_folder in self.class_folders(folder):
+      label = self.label_index(class_folder.name, validate.shown(class_folder))
+      found = 0
+      for path in validate.walk(class_folder, IMAGE_SUFFIXES):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+          self.ignore(path, "not an image file (" + ", ".join(IMAGE_SUFFIXES) + ")")
+          continue
+        relative = path.relative_to(root).as_posix()
+        examples.append(Example(key=relative, source=str(path), label=label,
+                                patient_id=self._patient(pattern, relative, path)))
+        found += 1
+      if not found:
+        raise DataError(f"{validate.shown(class_folder)}: class folder holds no images "
+                        f"({', '.join(IMAGE_SUFFIXES)}). Add its images or remove the folder.")
+    for path in sorted(folder.iterdir()):
+      if path.is_file():
+        self.ignore(path, "a file next to the class folders, not inside one")
+    return examples
+
+  @staticmethod
+  def _patient(pattern: re.Pattern | None, relative: str, path: Path) -> str:
+    if pattern is None:
+      return ""
+    match = pattern.search(relative)
+    if match is None:
+      raise DataError(f"{validate.shown(path)}: patient_pattern {pattern.pattern!r} does not "
+                      f"match its path {relative!r}. Fix the pattern so that it matches "
+                      "every image's path relative to manual_dir.")
+    if "patient" in pattern.groupindex:
+      return match.group("patient")
+    return match.group(1) if pattern.groups else match.group(0)
+
+  def _ignore_other_top_level(self, root: Path, folders: dict[str, Path]) -> None:
+    used = set(folders.values())
+    for path in sorted(root.iterdir()):
+      if path not in used:
+        self.ignore(path, "not a train/val/test folder of the pre-split layout")
