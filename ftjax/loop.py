@@ -163,7 +163,8 @@ class EpochRunner(Protocol):
 
   def validate(self, variables: dict[str, Any]) -> dict[str, float]: ...
 
-  def evaluate(self, variables: dict[str, Any], split: str) -> dict[str, float]: ...
+  def predict(self, variables: dict[str, Any], split: str) -> Any:
+    """The split's per-example predictions (`evaluation.Predictions`)."""
 
 
 def progress_bar(config: ml_collections.ConfigDict, epoch: int, total: int, what: str):

@@ -222,10 +222,7 @@ class GroupRunner:
     return _unstack(model_variables(state), index)
 
   def validate(self, variables) -> dict[str, float]:
-    return self.evaluate(variables, "validation")
-
-  def evaluate(self, variables, split: str) -> dict[str, float]:
-    return self.exp.evaluate(variables, split)
+    return self.exp.evaluate(variables, "validation")
 
   def predict(self, variables, split: str):
     return self.exp.predict(variables, split)

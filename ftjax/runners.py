@@ -88,10 +88,7 @@ class StepRunner:
     return self.parallel.replicate(model_variables(state))
 
   def validate(self, variables) -> dict[str, float]:
-    return self.evaluate(variables, "validation")
-
-  def evaluate(self, variables, split: str) -> dict[str, float]:
-    return self.exp.evaluate(variables, split, self.parallel)
+    return self.exp.evaluate(variables, "validation", self.parallel)
 
   def predict(self, variables, split: str):
     return self.exp.predict(variables, split, self.parallel)
