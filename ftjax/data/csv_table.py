@@ -153,20 +153,17 @@ def choose(path: Path, columns: Sequence[str], given: str, names: Sequence[str],
 def image_path_column(path: Path, rows: list[dict[str, str]], columns: Sequence[str],
                       given: str) -> str:
   """The path column: by option or name, else the one column naming image files."""
-  try:
-    return choose(path, columns, given, PATH_NAMES, "image-path", "path_column", True)
-  except DataError:
-    if given:
-      raise
-    by_content = [c for c in columns
-                  if all(r[c].lower().endswith(IMAGE_SUFFIXES) for r in rows)]
-    if len(by_content) == 1:
-      return by_content[0]
-    what = (f"columns {by_content} all name image files" if by_content
-            else "no column names image files (" + ", ".join(IMAGE_SUFFIXES) + ")")
-    raise DataError(f"{validate.shown(path)}: no usable image-path column: none is named like "
-                    f"one (path, image, file, ...) and {what}; found {list(columns)}. Name it "
-                    "with --option path_column=<column>.") from None
+  named = choose(path, columns, given, PATH_NAMES, "image-path", "path_column", False)
+  if named:
+    return named
+  by_content = [c for c in columns if all(r[c].lower().endswith(IMAGE_SUFFIXES) for r in rows)]
+  if len(by_content) == 1:
+    return by_content[0]
+  what = (f"columns {by_content} all name image files" if by_content
+          else "no column names image files (" + ", ".join(IMAGE_SUFFIXES) + ")")
+  raise DataError(f"{validate.shown(path)}: no usable image-path column: none is named like "
+                  f"one (path, image, file, ...) and {what}; found {list(columns)}. Name it "
+                  "with --option path_column=<column>.")
 
 
 def read_table(root: Path, config: CsvConfig) -> Table:
@@ -190,11 +187,9 @@ def read_table(root: Path, config: CsvConfig) -> Table:
 
 def _labels(path: Path, rows, columns, given: str, used: set[str]) -> tuple[str, tuple]:
   """(label column, ()) or ('', 0/1 columns), by option, name or content."""
-  try:
-    return choose(path, columns, given, LABEL_NAMES, "label", "label_column", True), ()
-  except DataError:
-    if given:
-      raise
+  named = choose(path, columns, given, LABEL_NAMES, "label", "label_column", False)
+  if named:
+    return named, ()
   rest = [c for c in columns if c not in used]
   flags = [c for c in rest if all(r[c] in ("0", "1", "0.0", "1.0") for r in rows)]
   if len(rest) > 1 and flags == rest:

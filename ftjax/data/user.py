@@ -33,9 +33,10 @@ NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 METRICS = ("accuracy", "auroc", "map", "kappa", "f1")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 DICOM_SUFFIXES = (".dcm", ".dicom")
-# Config fields that describe the layout (fixed per named dataset, recorded in its
-# metadata); the others (val_fraction, test_fraction, seed) are dataset options.
-LAYOUT_FIELDS = ("classes", "multilabel", "main_metrics")
+# Config fields fixed per named dataset (recorded in its metadata): one name is one
+# set of images, labels and splits; only the resize varies between its configs.
+LAYOUT_FIELDS = ("classes", "multilabel", "main_metrics", "val_fraction", "test_fraction",
+                 "seed")
 
 
 @dataclasses.dataclass(eq=True)
@@ -99,7 +100,7 @@ class UserBuilder(ImageBuilder, skip_registration=True):
   @classmethod
   def make_config(cls, **options) -> UserConfig:
     """Layout fields are fixed by the dataset's name, so they stay out of the config
-    name: ``r232`` (plus any non-default val_fraction, test_fraction, seed)."""
+    name: ``r232``."""
     options = dict(options)
     for key in ("classes", "main_metrics"):
       if key in options:
@@ -289,7 +290,6 @@ def find_prepared(info_class, name: str, data_dir) -> Any | None:
 
 
 def split_option_defaults() -> dict[str, Any]:
-  """The options a user dataset takes in ``config.dataset_options``."""
-  return {f.name: f.default for f in dataclasses.fields(UserConfig)
-          if f.name in ("val_fraction", "test_fraction", "seed")}
-
+  """The options a user dataset takes in ``config.dataset_options``: none (its splits
+  are fixed when it is prepared; prepare another name for other splits)."""
+  return {}
