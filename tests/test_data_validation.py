@@ -101,14 +101,19 @@ def test_non_finite_pixel_in_mri_slice_is_a_bad_image(tmp_path, capsys):
     image[5, 7] = np.nan  # HDF5 holds the transpose: row 7, column 5 of the slice
     del f["cjdata"]["image"]
     f["cjdata"]["image"] = image
-  code, line, _ = _prepare(capsys, "brain_tumor_mri", manual, tmp_path / "d")
+  _check_one_non_finite_image(capsys, "brain_tumor_mri", manual, tmp_path / "d", bad, 7, 5)
+
+
+def _check_one_non_finite_image(capsys, dataset, manual, data_dir, bad, row, column):
+  """`bad` is one error line naming it, its pixel's row and column; with --skip_bad
+  it is one counted skip."""
+  code, line, _ = _prepare(capsys, dataset, manual, data_dir)
   assert code == 2
   assert line.startswith(f"error: {bad}: image holds 1 non-finite pixel value(s) (NaN or Inf, "
-                         "the first at row 7, column 5)"), line
-  code, _, out = _prepare(capsys, "brain_tumor_mri", manual, tmp_path / "d", "--skip_bad")
+                         f"the first at row {row}, column {column})"), line
+  code, _, out = _prepare(capsys, dataset, manual, data_dir, "--skip_bad")
   assert code == 0 and "skipped bad images" in out
-  assert sum(_builder("brain_tumor_mri", tmp_path / "d").info.metadata["skipped_bad"]
-             .values()) == 1
+  assert sum(_builder(dataset, data_dir).info.metadata["skipped_bad"].values()) == 1
 
 
 def test_constant_and_varying_float_images_are_stored_as_numpy_and_pil_compute(tmp_path,
@@ -482,9 +487,4 @@ def test_non_finite_pixel_in_float_tiff_is_a_bad_image(tmp_path, capsys):
   pixels[2, 9] = np.inf
   Image.fromarray(pixels, mode="F").save(bad)
   assert Image.open(bad).mode == "F"
-  code, line, _ = _prepare(capsys, "bach", manual, tmp_path / "d")
-  assert code == 2
-  assert line.startswith(f"error: {bad}: image holds 1 non-finite pixel value(s) (NaN or Inf, "
-                         "the first at row 2, column 9)"), line
-  code, _, out = _prepare(capsys, "bach", manual, tmp_path / "d", "--skip_bad")
-  assert code == 0 and "skipped bad images" in out
+  _check_one_non_finite_image(capsys, "bach", manual, tmp_path / "d", bad, 2, 9)
