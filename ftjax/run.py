@@ -298,13 +298,13 @@ class RunDir:
       return True
 
   def claim_and_record(self, config: dict[str, Any], fields: dict[str, Any], *,
-                       overwrite: bool = False, record: bool = True) -> pathlib.Path | None:
-    """`claim`, then (if `record`: process 0) write config.json and identity.json
-    unless they already hold this identity. Returns where an old run was moved."""
+                       overwrite: bool = False) -> pathlib.Path | None:
+    """`claim`, then write config.json and identity.json unless they already hold
+    this identity. Returns where an old run was moved."""
     aside = self.claim(fields, overwrite=overwrite)
     if aside is not None:
       print(f"{self.path}: the run there had another identity; moved it to {aside}.")
-    if record and not self.matches(fields):
+    if not self.matches(fields):
       self.check_writable()
       self.write_identity(config, fields)
     return aside

@@ -52,8 +52,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   run.check_writable()
   lock = None if lock_held or jax.process_count() > 1 else run.lock()
   try:
-    if run.claim_and_record(recorded, fields, overwrite=overwrite,
-                            record=jax.process_index() == 0) and lock is not None:
+    if _claim(run, recorded, fields, overwrite) and lock is not None:
       # The old run moved aside with its lock file: lock the new directory.
       lock.release()
       lock = run.lock()
@@ -61,6 +60,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   finally:
     if lock is not None:
       lock.release()
+
+
+def _claim(run: run_lib.RunDir, recorded: dict[str, Any], fields: dict[str, Any],
+           overwrite: bool) -> bool:
+  """`RunDir.claim_and_record` by process 0; True if an old run was moved aside.
+
+  With several processes every one checks the directory before process 0 writes
+  to it (a peer's half-written identity must not look like another run), so all
+  refuse another identity alike.
+  """
+  if jax.process_count() == 1:
+    return run.claim_and_record(recorded, fields, overwrite=overwrite) is not None
+  if not overwrite:
+    run.claim(fields)  # read-only unless it moves a run aside, which overwrite asks
+  distributed.barrier("run directory checked")
+  aside = (run.claim_and_record(recorded, fields, overwrite=overwrite)
+           if jax.process_index() == 0 else None)
+  distributed.barrier("run directory recorded")
+  return aside is not None
 
 
 def _train(exp: experiment.Experiment, run: run_lib.RunDir,
