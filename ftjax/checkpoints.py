@@ -67,10 +67,8 @@ class RunCheckpoints:
     if jax.process_index() != 0:
       return
     path = self._sums_path(series, epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(file_digests(self._step_dir(manager, epoch)), indent=1))
-    os.replace(tmp, path)
+    run_lib.write_atomic(path, json.dumps(file_digests(self._step_dir(manager, epoch)),
+                                          indent=1))
     for old in path.parent.glob(f"{series}-*.json"):  # the manager deleted their steps
       step = old.stem.split("-", 1)[1]
       if step.isdigit() and int(step) not in manager.all_steps():

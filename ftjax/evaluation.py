@@ -11,7 +11,6 @@ its confidence intervals from them.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 from typing import Any, Sequence
 
@@ -20,6 +19,7 @@ import numpy as np
 import scipy.special
 
 from ftjax import distributed, metrics, step
+from ftjax import run as run_lib
 from ftjax.data import pipeline
 
 
@@ -85,15 +85,10 @@ def predict(model: nn.Module, variables: dict[str, Any], source: Sequence, *,
 
 
 def save_predictions(path: pathlib.Path, predictions: Predictions, multilabel: bool) -> None:
-  """<path> (.npz) via a temporary file and a rename: a kill never leaves half a file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "wb") as f:
-    np.savez(f, scores=predictions.scores(multilabel), labels=predictions.labels,
-             ids=predictions.ids.astype(str), groups=predictions.groups.astype(str))
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """<path> (.npz), written atomically (a kill never leaves half a file)."""
+  run_lib.replace_atomically(path, lambda f: np.savez(
+      f, scores=predictions.scores(multilabel), labels=predictions.labels,
+      ids=predictions.ids.astype(str), groups=predictions.groups.astype(str)))
 
 
 def load_predictions(path: pathlib.Path) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from ftjax import evaluation, metrics, step
 from ftjax.data import DataError, pipeline
-from ftjax.data.prepared import prepared_builder
+from ftjax.data.prepared import dataset_options, prepared_builder
 from ftjax.models import init_variables, load_pretrained, registry
 from ftjax.strategies import get_strategy
 from ftjax.strategies.registry import Strategy
@@ -100,6 +101,12 @@ class Experiment:
 
   def metrics(self, predictions: evaluation.Predictions) -> dict[str, float]:
     return evaluation.metrics_of(predictions, self.info.multilabel, self.info.class_names)
+
+
+def recorded_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What a run's config.json holds: the config as JSON, with the dataset options it sets."""
+  return {**json.loads(config.to_json_best_effort()),
+          "dataset_options": dataset_options(config)}
 
 
 def load(config: ml_collections.ConfigDict) -> Experiment:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -51,6 +50,7 @@ import numpy as np
 import tqdm
 
 from ftjax import evaluation, step
+from ftjax import run as run_lib
 from ftjax.data import pipeline
 from ftjax.models import registry
 from ftjax.strategies import partition
@@ -264,13 +264,8 @@ def load_or_extract(directory: str | pathlib.Path, key: Mapping[str, Any],
   feats, labels = extract(model, variables, source, batch_size=batch_size, crop=crop,
                           num_workers=num_workers, progress=progress)
   if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-      np.savez(f, features=feats, labels=labels, description=np.asarray(description))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    run_lib.replace_atomically(path, lambda f: np.savez(
+        f, features=feats, labels=labels, description=np.asarray(description)))
   return feats, labels
 
 

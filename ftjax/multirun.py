@@ -26,7 +26,6 @@ device: the runs, not the batch, are what is parallel here.
 from __future__ import annotations
 
 import itertools
-import json
 import pathlib
 import sys
 import time
@@ -41,7 +40,6 @@ import numpy as np
 
 from ftjax import checkpoints, cli_flags, distributed, experiment, loop, step
 from ftjax import run as run_lib
-from ftjax.data.prepared import dataset_options
 from ftjax.experiment import Experiment, model_variables
 
 
@@ -88,8 +86,7 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
   # Validated: now claim each run's directory (refusing one of another identity).
   for run, run_config in zip(runs, configs):
     run.check_writable()
-    run.claim_and_record({**json.loads(run_config.to_json_best_effort()),
-                          "dataset_options": dataset_options(run_config)},
+    run.claim_and_record(experiment.recorded_config(run_config),
                          run_lib.run_identity(run_config, exp.builder))
   group.check_writable()
   members = [loop.Member(c, run) for c, run in zip(configs, runs)]

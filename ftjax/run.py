@@ -29,7 +29,7 @@ import os
 import pathlib
 import re
 import sys
-from typing import Any
+from typing import IO, Any, Callable
 
 # How a run shows progress or where it finds its inputs: not what it computes.
 # (The prepared data and the weights enter the identity by fingerprint.)
@@ -131,14 +131,21 @@ def differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = ""
   return out
 
 
-def write_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes via a temporary file and a rename, so a kill never leaves half a file."""
+def replace_atomically(path: pathlib.Path, write: Callable[[IO[bytes]], Any]) -> None:
+  """`write(file)` into a temporary file, synced, then renamed to `path` (its folder
+  created), so a kill never leaves half a file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "w") as f:
-    f.write(text)
+  with open(tmp, "wb") as f:
+    write(f)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+  """`text` (UTF-8) to `path` by `replace_atomically`."""
+  replace_atomically(path, lambda f: f.write(text.encode()))
 
 
 class RunLock:

@@ -18,7 +18,6 @@ import ml_collections
 
 from ftjax import distributed, experiment, features, loop, runners, step
 from ftjax import run as run_lib
-from ftjax.data.prepared import dataset_options
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
@@ -42,8 +41,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     features.check_supported(exp.arch, exp.strategy, compute_dtype=exp.compute_dtype)
   run = run_lib.RunDir(workdir)
   fields = run_lib.run_identity(config, exp.builder)
-  recorded = {**json.loads(config.to_json_best_effort()),
-              "dataset_options": dataset_options(config)}
+  recorded = experiment.recorded_config(config)
   if jax.process_index() == 0:
     run.repair_config(recorded, fields)
   if run.is_finished(fields):
