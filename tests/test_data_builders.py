@@ -170,3 +170,76 @@ def test_synthetic_labels_are_learnable(tmp_path):
   xt, yt = features("test")
   accuracy = LogisticRegression(max_iter=2000).fit(x, y).score(xt, yt)
   assert accuracy > 0.6, accuracy  # chance is 0.25
+
+
+# ---- the builders are the registry -----------------------------------------------
+
+
+def test_every_registry_entry_agrees_with_its_builder(tmp_path):
+  """What a name declares (classes, multi-label flag, loss) is what its builder
+  writes: the label feature of the builder created from that name."""
+  from ftjax.data import get_dataset, list_datasets
+  for name in list_datasets():
+    info = get_dataset(name)
+    builder = info.create(tmp_path)
+    label = builder.info.features["label"]
+    assert builder.class_names() == info.class_names, name
+    assert builder.MULTILABEL == info.multilabel, name
+    if info.multilabel:
+      assert label.shape == (info.num_classes,) and info.loss.startswith("sigmoid"), name
+    else:
+      assert label.names == list(info.class_names) and info.loss.startswith("softmax"), name
+
+
+def test_paper_datasets_declare_the_papers_metrics_and_classes():
+  """Paper Table 2 and tables 3-10: class counts, label type and headline metrics."""
+  from ftjax import paper_results
+  from ftjax.data import get_dataset
+  paper = {"chexpert": (5, True), "mura_shoulder": (2, False), "mura_wrist": (2, False),
+           "mura_humerus": (2, False), "brain_tumor_mri": (3, False), "bach": (4, False),
+           "isic2020": (2, False), "cholect50": (6, True)}
+  assert set(paper) == set(paper_results.datasets())
+  for name, (num_classes, multilabel) in paper.items():
+    info = get_dataset(name)
+    assert (info.num_classes, info.multilabel) == (num_classes, multilabel), name
+    assert info.main_metrics == paper_results.metrics(name), name
+  assert get_dataset("mura_wrist").options == {"part": "wrist"}
+  assert "part" not in get_dataset("mura_wrist").option_defaults()
+
+
+def _toy_builder(registry_names):
+  import dataclasses as dc
+  from ftjax.data import ImageBuilder, ImageConfig
+
+  @dc.dataclass(eq=True)
+  class ToyConfig(ImageConfig):
+    stain: str = "he"
+
+  class Toy(ImageBuilder, skip_registration=True):
+    CONFIG_CLASS = ToyConfig
+    CLASS_NAMES = ("benign", "malignant")
+    MAIN_METRICS = ("auroc", "accuracy")
+    REGISTRY_NAMES = registry_names
+
+  return Toy
+
+
+def test_a_new_dataset_is_one_builder_class():
+  from ftjax.data.registry import registry_of
+  toy = _toy_builder({"toy_he": {"stain": "he"}, "toy_ihc": {"stain": "ihc"}})
+  registry = registry_of([toy])
+  assert sorted(registry) == ["toy_he", "toy_ihc"]
+  info = registry["toy_ihc"]
+  assert (info.builder, info.options, info.class_names, info.num_classes, info.multilabel,
+          info.main_metrics) == (toy, {"stain": "ihc"}, ("benign", "malignant"), 2, False,
+                                 ("auroc", "accuracy"))
+  assert "stain" not in info.option_defaults() and "val_fraction" in info.option_defaults()
+  assert info.create("/nonexistent").builder_config.stain == "ihc"
+
+
+def test_two_builders_declaring_one_name_are_refused():
+  from ftjax.data.registry import registry_of
+  first, second = _toy_builder({"toy": {}}), _toy_builder({"toy": {}})
+  with pytest.raises(ValueError, match="'toy' is declared by both Toy and Toy"):
+    registry_of([first, second])
+  assert registry_of([_toy_builder({})]) == {}

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from pathlib import Path
 
-from ftjax.data import DataError, DatasetInfo, generic_builders, get_dataset, list_datasets, user
+from ftjax.data import DataError, generic_builders, get_dataset, list_datasets, user
 
 
 def _options(pairs: Sequence[str]) -> dict:
@@ -69,7 +69,7 @@ def _user_builder(args, **kwargs):
   layout = {k: getattr(config, k) for k in base.layout_fields()}
   user.check_same_layout(args.dataset, user.prepared_layout(args.data_dir, name), name,
                          layout, args.data_dir)
-  info = user.make_info(DatasetInfo, name, args.dataset, layout)
+  info = user.make_info(name, args.dataset, layout)
   split_options = {k: v for k, v in options.items() if k not in layout}
   return info, info.create(args.data_dir, resize=args.resize, **split_options, **kwargs)
 

@@ -41,6 +41,8 @@ class Bach(ImageBuilder):
   __doc__ = __doc__
   CONFIG_CLASS = BachConfig
   CLASS_NAMES = ("normal", "benign", "in_situ", "invasive")
+  MAIN_METRICS = ("accuracy", "kappa")
+  REGISTRY_NAMES = {"bach": {}}
   HOMEPAGE = "https://iciar2018-challenge.grand-challenge.org/"
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
   BUILDER_CONFIGS = [BachConfig(name=f"r{r}", resize=r) for r in (232, 256)]

@@ -44,6 +44,7 @@ from PIL import Image
 
 from ftjax.data import preprocess, validate
 from ftjax.data.errors import DataError
+from ftjax.data.registry import DatasetInfo
 
 SPLITS = ("train", "validation", "test")
 _MAX_LISTED = 200  # bad or ignored file names kept in metadata; the counts are exact
@@ -200,6 +201,10 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   MULTILABEL: ClassVar[bool] = False
   HOMEPAGE: ClassVar[str] = ""
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Download the dataset from its owners (see HOMEPAGE)."
+  # The registry names this builder offers -> the config options each one fixes
+  # (MURA: mura_wrist -> part='wrist'); none: it is prepared under a user's name.
+  REGISTRY_NAMES: ClassVar[dict[str, dict[str, Any]]] = {}
+  MAIN_METRICS: ClassVar[tuple[str, ...]] = ()  # the paper's headline metrics
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -252,6 +257,23 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     chosen = config.name if registered is not None and registered == config else config
     return cls(data_dir=os.fspath(data_dir), config=chosen, skip_bad=skip_bad,
                num_workers=num_workers)
+
+  @classmethod
+  def dataset_infos(cls) -> list[DatasetInfo]:
+    """The registry entries of this builder: one per ``REGISTRY_NAMES``, with the
+    class-level classes, multi-label flag and main metrics (a builder whose classes
+    depend on its config declares its entries itself)."""
+    return [cls.declare(name, options) for name, options in cls.REGISTRY_NAMES.items()]
+
+  @classmethod
+  def declare(cls, name: str, options: dict[str, Any], class_names: Sequence[str] | None = None,
+              multilabel: bool | None = None,
+              main_metrics: Sequence[str] | None = None) -> DatasetInfo:
+    """One registry entry; what is not given is the class-level declaration."""
+    names = tuple(cls.CLASS_NAMES if class_names is None else class_names)
+    return DatasetInfo(name, cls, dict(options), len(names),
+                       bool(cls.MULTILABEL if multilabel is None else multilabel), names,
+                       tuple(cls.MAIN_METRICS if main_metrics is None else main_metrics))
 
   # ---- what subclasses provide -------------------------------------------
 

@@ -88,6 +88,8 @@ class BrainTumorMri(ImageBuilder):
   __doc__ = __doc__
   CONFIG_CLASS = BrainTumorMriConfig
   CLASS_NAMES = CLASSES
+  MAIN_METRICS = ("accuracy", "f1")
+  REGISTRY_NAMES = {"brain_tumor_mri": {}}
   HOMEPAGE = "https://doi.org/10.6084/m9.figshare.1512427"
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
   BUILDER_CONFIGS = [BrainTumorMriConfig(name=f"r{r}", resize=r) for r in (232, 256)]

@@ -69,6 +69,8 @@ class Chexpert(ImageBuilder):
   NAME_FIELDS = ("unit",)
   CLASS_NAMES = CLASSES
   MULTILABEL = True
+  MAIN_METRICS = ("map", "auroc")
+  REGISTRY_NAMES = {"chexpert": {}}
   HOMEPAGE = "https://stanfordmlgroup.github.io/competitions/chexpert/"
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
   BUILDER_CONFIGS = [ChexpertConfig(name=f"{u}_r{r}", unit=u, resize=r)

@@ -119,6 +119,8 @@ class Cholect50(ImageBuilder):
   CONFIG_CLASS = Cholect50Config
   CLASS_NAMES = INSTRUMENTS
   MULTILABEL = True
+  MAIN_METRICS = ("map", "auroc")
+  REGISTRY_NAMES = {"cholect50": {}}
   HOMEPAGE = "https://github.com/CAMMA-public/cholect50"
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
   BUILDER_CONFIGS = [Cholect50Config(name=f"r{r}", resize=r) for r in (232, 256)]

@@ -51,6 +51,8 @@ class Isic2020(ImageBuilder):
   __doc__ = __doc__
   CONFIG_CLASS = Isic2020Config
   CLASS_NAMES = ("benign", "malignant")
+  MAIN_METRICS = ("auroc", "accuracy")
+  REGISTRY_NAMES = {"isic2020": {}}
   HOMEPAGE = "https://challenge2020.isic-archive.com/"
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
   BUILDER_CONFIGS = [Isic2020Config(name=f"r{r}", resize=r) for r in (232, 256)]

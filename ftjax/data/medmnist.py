@@ -44,6 +44,11 @@ class MedmnistConfig(ImageConfig):
   subset: str = "pathmnist"
 
 
+def index_names(num_classes: int) -> tuple[str, ...]:
+  """MedMNIST's classes by index ('0', '1', ...): the .npz files carry no names."""
+  return tuple(str(i) for i in range(num_classes))
+
+
 def _identity(image: np.ndarray) -> np.ndarray:
   return image
 
@@ -156,7 +161,14 @@ class Medmnist(ImageBuilder):
     return self._spec()[1]
 
   def class_names(self) -> tuple[str, ...]:
-    return tuple(str(i) for i in range(self._spec()[0]))
+    return index_names(self._spec()[0])
+
+  @classmethod
+  def dataset_infos(cls):
+    """One name per subset, ``medmnist_<subset>``; classes are named by their index."""
+    return [cls.declare(f"medmnist_{subset}", {"subset": subset}, index_names(n), multilabel,
+                        ("map", "auroc") if multilabel else ("accuracy", "auroc"))
+            for subset, (n, multilabel) in SUBSETS.items()]
 
   def _list_examples(self, root: Path) -> dict[str, list[Example]]:
     path = root / f"{self.builder_config.subset}.npz"

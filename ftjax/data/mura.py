@@ -28,6 +28,7 @@ from ftjax.data.errors import DataError
 WHERE = ("Download MURA v1.1 from https://stanfordmlgroup.github.io/competitions/mura/ "
          "and extract it into manual_dir.")
 PARTS = ("shoulder", "wrist", "humerus", "elbow", "forearm", "hand", "finger")
+PAPER_PARTS = PARTS[:3]  # the parts the paper studies, one registry name each
 _STUDY = re.compile(r"^study(\d+)_(positive|negative)$")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -57,10 +58,12 @@ class Mura(ImageBuilder):
   CONFIG_CLASS = MuraConfig
   NAME_FIELDS = ("part", "unit")
   CLASS_NAMES = ("normal", "abnormal")
+  MAIN_METRICS = ("accuracy", "kappa")
+  REGISTRY_NAMES = {f"mura_{part}": {"part": part} for part in PAPER_PARTS}
   HOMEPAGE = "https://stanfordmlgroup.github.io/competitions/mura/"
   MANUAL_DOWNLOAD_INSTRUCTIONS = WHERE
   BUILDER_CONFIGS = [MuraConfig(name=f"{p}_{u}_r{r}", part=p, unit=u, resize=r)
-                     for p in ("shoulder", "wrist", "humerus")
+                     for p in PAPER_PARTS
                      for u in ("patient", "image") for r in (232, 256)]
 
   def _folder(self, root: Path, split: str) -> list[Example]:

@@ -1,5 +1,6 @@
-"""A run's prepared dataset: its builder from the config (synthetic data is
-generated on first use), and the dataset options the config sets."""
+"""A run's prepared dataset: its builder from the config (a generated dataset, one
+without MANUAL_DOWNLOAD_INSTRUCTIONS, is prepared on first use; any other must have
+been prepared), and the dataset options the config sets."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def prepared_builder(config: ml_collections.ConfigDict, arch: registry.Arch):
         f"its options: {sorted(info.option_defaults()) or 'none'}.")
   builder = info.create(config.data_dir, resize=resize, **options)
   if not builder.data_path.exists():
-    if info.name.startswith("synthetic"):
+    if not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:  # generated data: nothing to download
       # Several processes: the first generates, the others wait for it; a host that
       # does not share its disk then generates its own copy (generation is seeded).
       # One process makes no JAX call here (a sweep must not take its runs' GPUs).

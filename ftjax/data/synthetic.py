@@ -99,6 +99,13 @@ class Synthetic(ImageBuilder):
   def MULTILABEL(self) -> bool:  # noqa: N802 (class-level flag in other builders)
     return self.builder_config.variant == "multilabel"
 
+  @classmethod
+  def dataset_infos(cls):
+    return [cls.declare("synthetic", {"variant": "multiclass"}, MULTICLASS_NAMES, False,
+                        ("accuracy", "auroc")),
+            cls.declare("synthetic_multilabel", {"variant": "multilabel"}, MULTILABEL_NAMES,
+                        True, ("map", "auroc"))]
+
   def class_names(self) -> tuple[str, ...]:
     if self.builder_config.variant not in ("multiclass", "multilabel"):
       raise ValueError(f"synthetic variant must be 'multiclass' or 'multilabel', "

@@ -28,6 +28,7 @@ import numpy as np
 from ftjax.data import splits
 from ftjax.data.base import Example, ImageBuilder, ImageConfig
 from ftjax.data.errors import DataError
+from ftjax.data.registry import DatasetInfo
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 METRICS = ("accuracy", "auroc", "map", "kappa", "f1")
@@ -273,20 +274,20 @@ def _layout_options(layout: dict[str, Any]) -> dict[str, Any]:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in layout.items()}
 
 
-def make_info(info_class, name: str, builder_name: str, layout: dict[str, Any]):
-  """The DatasetInfo of a prepared (or being prepared) user dataset."""
+def make_info(name: str, builder_name: str, layout: dict[str, Any]) -> DatasetInfo:
+  """The DatasetInfo of a prepared (or being prepared) user dataset: its classes,
+  multi-label flag and main metrics are the recorded layout's."""
   builder = named_builder(generic_builders()[builder_name], name)
   options = _layout_options(layout)
-  classes = tuple(options["classes"])
-  return info_class(name, builder, options, len(classes), bool(options["multilabel"]),
-                    classes, tuple(options["main_metrics"]))
+  return builder.declare(name, options, options["classes"], options["multilabel"],
+                         options["main_metrics"])
 
 
-def find_prepared(info_class, name: str, data_dir) -> Any | None:
+def find_prepared(name: str, data_dir) -> DatasetInfo | None:
   layout = prepared_layout(data_dir, name)
   if layout is None or layout.get("builder") not in generic_builders():
     return None
-  return make_info(info_class, name, layout["builder"], layout["layout"])
+  return make_info(name, layout["builder"], layout["layout"])
 
 
 def split_option_defaults() -> dict[str, Any]:
