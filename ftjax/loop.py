@@ -14,6 +14,7 @@ import dataclasses
 import json
 import pathlib
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterable, Protocol
 
@@ -31,6 +32,26 @@ from ftjax.logging_utils import MetricWriter
 
 class TrainingDivergedError(FloatingPointError):
   """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Preempted(BaseException):
+  """A stop was requested (`request_stop`) and the run stopped after an epoch with
+  its latest checkpoint written; running it again resumes there.
+
+  A BaseException, like KeyboardInterrupt: a request from outside, not a failure of
+  the run (a sweep must not record it as failed).
+  """
+
+
+# Set by `request_stop` (a cluster job's signal handler, ftjax.launch); read by
+# run_epochs after each epoch's checkpoint.
+stop_requested = threading.Event()
+
+
+def request_stop() -> None:
+  """Asks the runs of this process to stop at the next safe point: after the
+  current epoch and its checkpoint. Safe to call from a signal handler."""
+  stop_requested.set()
 
 
 @dataclasses.dataclass
@@ -246,6 +267,10 @@ def run_epochs(exp: Experiment, runner: EpochRunner, state: Any, members: list[M
     checkpoint(epoch, state)
     if exp.config.progress:
       print(_progress_line(epoch, members, out.losses, vals, monitor.metric), flush=True)
+    if stop_requested.is_set() and any(m.active for m in members):
+      for member in members:
+        member.close()
+      raise Preempted(f"stop requested: stopped after epoch {epoch}, checkpoint written")
   return state
 
 
