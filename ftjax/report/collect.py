@@ -41,6 +41,7 @@ class Record:
   validation: dict[str, float]
   test: dict[str, float]
   path: pathlib.Path
+  class_names: tuple[str, ...] = ()  # the outputs' names (empty in older results.json)
 
   @property
   def key(self) -> Key:
@@ -69,7 +70,7 @@ def load_results(workdir: str | pathlib.Path,
       r = json.loads(path.read_text())
       record = Record(r["dataset"], r["arch"], r["strategy"], float(r["lr"]),
                       int(r["seed"]), tuple(r["main_metrics"]), r["validation"],
-                      r["test"], path.parent)
+                      r["test"], path.parent, _class_names(r))
     except (OSError, ValueError, KeyError, TypeError) as error:
       ignored[where] = f"results.json is unreadable ({type(error).__name__}: {error})"
       continue
@@ -79,6 +80,13 @@ def load_results(workdir: str | pathlib.Path,
       continue
     records.append(record)
   return sorted(records, key=lambda r: (r.key, r.lr, r.seed))
+
+
+def _class_names(results: dict[str, Any]) -> tuple[str, ...]:
+  names = results.get("class_names", [])  # absent in results.json of an older ftjax
+  if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    raise TypeError(f"class_names is not a list of names: {names!r}")
+  return tuple(names)
 
 
 def _why_not_counted(root: pathlib.Path, run_dir: pathlib.Path) -> str | None:
@@ -167,6 +175,8 @@ class Study:
   seeds: dict[Key, list[int]]            # seeds behind each cell
   main_metrics: dict[str, tuple[str, ...]]  # dataset -> its two metrics
   records: list[Record]
+  # dataset -> the names of its outputs, where its results.json record them
+  class_names: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
   diverged: dict[str, str] = dataclasses.field(default_factory=dict)  # run -> error
   ignored: dict[str, str] = dataclasses.field(default_factory=dict)  # path -> why
 
@@ -192,7 +202,8 @@ def summarize(records: list[Record], split: str = "test") -> Study:
       if values:
         cell[metric] = mean_se(values)
     selections[key], seeds[key] = selection, [r.seed for r in runs]
-  return Study(cells, selections, seeds, main_metrics, records)
+  class_names = {r.dataset: r.class_names for r in reversed(records) if r.class_names}
+  return Study(cells, selections, seeds, main_metrics, records, class_names)
 
 
 def study(workdir: str | pathlib.Path) -> Study:
@@ -211,6 +222,7 @@ def as_json(s: Study) -> dict[str, Any]:
       "lr_candidates": {"/".join(k): {f"{lr:g}": list(c) for lr, c in v.candidates.items()}
                         for k, v in s.selections.items()},
       "seeds": {"/".join(k): v for k, v in s.seeds.items()},
+      "class_names": {d: list(names) for d, names in s.class_names.items()},
       "diverged": s.diverged,
       "ignored": s.ignored,
   }

@@ -214,10 +214,21 @@ def friedman(values: np.ndarray) -> Friedman:
   ranks = average_ranks(values)
   chi2 = 12.0 * n / (k * (k + 1)) * (np.sum(ranks**2) - k * (k + 1) ** 2 / 4.0)
   f = (n - 1) * chi2 / (n * (k - 1) - chi2) if n * (k - 1) != chi2 else math.inf
-  corrected = scipy.stats.friedmanchisquare(*values.T)
+  corrected = chi2 / _tie_correction(values)
   return Friedman(n, k, ranks, float(chi2), float(scipy.stats.chi2.sf(chi2, k - 1)),
                   float(f), float(scipy.stats.f.sf(f, k - 1, (k - 1) * (n - 1))),
-                  float(corrected.statistic), float(corrected.pvalue))
+                  float(corrected), float(scipy.stats.chi2.sf(corrected, k - 1)))
+
+
+def _tie_correction(values: np.ndarray) -> float:
+  """1 - sum over tied groups (t^3 - t) / (N k (k^2 - 1)), the divisor of
+  scipy.stats.friedmanchisquare's statistic; computed here as scipy wants k >= 3
+  and a study of two strategies has k = 2. All values of every block tied: nan."""
+  n, k = values.shape
+  ties = sum(float(np.sum(counts**3 - counts))
+             for counts in (np.unique(row, return_counts=True)[1] for row in values))
+  correction = 1.0 - ties / (n * k * (k * k - 1))
+  return correction if correction > 0 else math.nan
 
 
 def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float:

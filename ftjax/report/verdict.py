@@ -66,12 +66,12 @@ class Verdict:
     return stats.call_difference(estimate, low, high, self.rope)
 
 
-def _selected_runs(study: Study, key: Key) -> list[Record]:
+def selected_runs(study: Study, key: Key) -> list[Record]:
   lr = study.selections[key].lr
   return [r for r in study.records if r.key == key and r.lr == lr]
 
 
-def _load_test(run: Record) -> dict[str, np.ndarray] | str:
+def load_test(run: Record) -> dict[str, np.ndarray] | str:
   """The run's saved test predictions sorted by example id, or why there are none."""
   path = run.path / run_lib.RunDir.PREDICTIONS / "test.npz"
   if not path.exists():
@@ -96,7 +96,7 @@ def analyse(study: Study, *, resamples: int = stats.DEFAULT_RESAMPLES,
     metrics = study.main_metrics[dataset][:2]
     reference, indices = None, None
     for key in sorted(k for k in study.selections if k[0] == dataset):
-      loaded = [(r.seed, _load_test(r)) for r in _selected_runs(study, key)]
+      loaded = [(r.seed, load_test(r)) for r in selected_runs(study, key)]
       why = next((p for _, p in loaded if isinstance(p, str)), None)
       if why is not None:
         verdict.lacking[key] = why

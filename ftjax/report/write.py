@@ -11,7 +11,7 @@ import sys
 import time
 
 from ftjax import paper_results
-from ftjax.report import collect, compare, figures, stats, tables
+from ftjax.report import classes, collect, compare, figures, stats, tables
 from ftjax.report import verdict as verdict_lib
 
 _CSS = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
@@ -58,6 +58,7 @@ def build_tables(study: collect.Study) -> dict[str, list[tables.Table]]:
   paper_cells, paper_metrics = _paper_cells()
   sections = {
       "Tables 3-10: per dataset": [tables.dataset_table(study, d) for d in datasets],
+      "Classes": classes.class_tables(study),
       "Comparison with the paper (tables 3-10)": [
           t for t in (tables.paper_comparison_table(study, d) for d in datasets) if t],
       "Table 11 and table 12": [
@@ -79,8 +80,9 @@ def build_tables(study: collect.Study) -> dict[str, list[tables.Table]]:
                          "accuracy as ISIC 2020's metric (vs as printed)",
                          slug="table12_from_paper_cells_isic_accuracy")],
   }
-  if not sections["Comparison with the paper (tables 3-10)"]:
-    del sections["Comparison with the paper (tables 3-10)"]
+  for optional in ("Classes", "Comparison with the paper (tables 3-10)"):
+    if not sections[optional]:
+      del sections[optional]
   return sections
 
 

@@ -1,0 +1,153 @@
+"""The report names a dataset's classes (from results.json) beside the per-class test
+AUROC of the cell chosen on validation, computed from the runs' saved predictions."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import sklearn.metrics
+
+from ftjax import report
+from ftjax import run as run_lib
+
+KNEE = ("effusion", "meniscus_tear", "normal")          # multi-class, class folder names
+FINDINGS = ("nodule", "fibrosis", "pneumothorax", "mass")  # multi-label, CSV columns
+METRICS = ("loss", "map", "accuracy", "auroc", "kappa", "f1")
+
+
+def _predictions(rng, n: int, classes: int, multilabel: bool):
+  """Scores that track the labels a little, so each class's AUROC differs."""
+  if multilabel:
+    labels = (rng.random((n, classes)) < 0.4).astype(np.int64)
+    labels[:, -1] = 0  # the last finding has no positive test example
+    scores = 1 / (1 + np.exp(-(labels * 1.5 + rng.normal(size=(n, classes)))))
+  else:
+    labels = rng.integers(0, classes, n)
+    logits = np.eye(classes)[labels] * rng.uniform(0.5, 2.0, classes) + rng.normal(
+        size=(n, classes))
+    scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  return scores.astype(np.float32), labels
+
+
+def _run(root: pathlib.Path, dataset: str, strategy: str, seed: int, validation: float,
+         class_names, predictions) -> None:
+  """One run directory as train writes it: identity.json, predictions/test.npz and a
+  results.json recording the class names (None: an older results.json without them)."""
+  fields = {"dataset": dataset, "arch": "resnet50", "strategy": strategy, "lr": 1e-3,
+            "seed": seed}
+  run_dir = root / run_lib.relative_path(*fields.values())
+  (run_dir / "predictions").mkdir(parents=True)
+  (run_dir / "identity.json").write_text(json.dumps(
+      {"hash": run_lib.identity_hash(fields), "fields": fields}))
+  scores, labels = predictions
+  np.savez(run_dir / "predictions" / "test.npz", scores=scores, labels=labels,
+           ids=np.array([f"x{i:03d}" for i in range(len(scores))]),
+           groups=np.array([""] * len(scores)))
+  values = lambda main: {**{m: 0.5 for m in METRICS}, "auroc": main, "map": main,
+                         "count": len(scores)}
+  results = {**fields, "main_metrics": ["auroc", "accuracy"], "validation": values(validation),
+             "test": values(0.5)}
+  if class_names is not None:
+    results["class_names"] = list(class_names)
+  (run_dir / "results.json").write_text(json.dumps(results))
+
+
+def _sweep(root: pathlib.Path, dataset: str, class_names, multilabel: bool) -> dict:
+  """FT and LP-FT over two seeds; LP-FT wins on validation. Returns its predictions."""
+  rng = np.random.default_rng(len(dataset))
+  chosen = {}
+  for strategy, validation in (("ft", 0.6), ("lp_ft", 0.8)):
+    for seed in (0, 1):
+      predictions = _predictions(rng, 60, len(class_names or KNEE), multilabel)
+      _run(root, dataset, strategy, seed, validation, class_names, predictions)
+      if strategy == "lp_ft":
+        chosen[seed] = predictions
+  return chosen
+
+
+def _sklearn_auroc(predictions: dict) -> list[float | None]:
+  """Per class, the mean over seeds of scikit-learn's one-vs-rest ROC AUC (None where a
+  seed's test set has one value of that class)."""
+  per_class = []
+  for c in range(next(iter(predictions.values()))[0].shape[1]):
+    values = []
+    for scores, labels in predictions.values():
+      target = labels[:, c] if labels.ndim == 2 else (labels == c).astype(int)
+      if 0 < target.sum() < len(target):
+        values.append(sklearn.metrics.roc_auc_score(target, scores[:, c]))
+    per_class.append(float(np.mean(values)) if values else None)
+  return per_class
+
+
+def _class_rows(markdown: str, dataset: str) -> dict[str, str]:
+  """Class name -> its AUROC cell, from the dataset's table in report.md."""
+  table = markdown.split(f"### {dataset}: classes\n", 1)[1].strip().split("\n\n", 1)[0]
+  rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
+  return {cells[1].strip(): cells[2].strip() for cells in rows}
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+  root = tmp_path_factory.mktemp("own_report")
+  chosen = {"knee_xr": _sweep(root / "runs", "knee_xr", KNEE, multilabel=False),
+            "chest_findings": _sweep(root / "runs", "chest_findings", FINDINGS,
+                                     multilabel=True)}
+  _sweep(root / "runs", "old_set", None, multilabel=False)
+  report.write_report(root / "runs", root / "report", figures_too=False, resamples=20)
+  return root / "report", chosen
+
+
+@pytest.mark.parametrize("dataset,names", [("knee_xr", KNEE), ("chest_findings", FINDINGS)])
+def test_report_names_each_class_with_its_auroc_checked_against_sklearn(written, dataset,
+                                                                       names):
+  out, chosen = written
+  markdown = (out / "report.md").read_text()
+  rows = _class_rows(markdown, dataset)
+  assert list(rows) == list(names)
+  for name, expected in zip(names, _sklearn_auroc(chosen[dataset])):
+    assert rows[name] == ("–" if expected is None else f"{100 * expected:.2f}"), name
+  assert "(LP-FT) with ResNet-50" in markdown.split(f"### {dataset}: classes", 1)[1][:300]
+  html = (out / "index.html").read_text()
+  assert all(f"<td>{name}</td>" in html for name in names)
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["class_names"][dataset] == list(names)
+  csv = (out / "tables" / f"classes_{dataset}.csv").read_text().splitlines()
+  assert [line.split(",")[1] for line in csv[1:]] == list(names)
+
+
+def test_results_without_class_names_get_no_class_table(written):
+  out, _ = written
+  markdown = (out / "report.md").read_text()
+  assert "old_set" in markdown and "### old_set: classes" not in markdown
+  assert "old_set" not in json.loads((out / "summary.json").read_text())["class_names"]
+
+
+def test_per_class_auroc_equals_sklearn_on_each_class():
+  from ftjax.report.classes import per_class_auroc
+  rng = np.random.default_rng(3)
+  for multilabel in (False, True):
+    scores, labels = _predictions(rng, 80, 4, multilabel)
+    got = per_class_auroc(scores, labels)
+    expected = _sklearn_auroc({0: (scores, labels)})
+    for value, want in zip(got, expected):
+      assert (np.isnan(value) if want is None else np.isclose(value, want, atol=1e-12))
+
+
+def test_two_strategies_on_several_datasets_get_their_friedman_row(written):
+  """A user study comparing two strategies (k = 2, where scipy's Friedman refuses)."""
+  out, _ = written
+  markdown = (out / "report.md").read_text()
+  assert "| all architectures | 3 | 2 |" in markdown
+
+
+def test_friedman_of_two_strategies_without_ties_needs_no_correction():
+  from ftjax.report import stats
+  values = np.random.default_rng(5).normal(size=(6, 2))
+  result = stats.friedman(values)
+  # k = 2 without ties: Friedman's chi2 is the sign test's (wins - losses)^2 / N.
+  wins = int(np.sum(values[:, 0] > values[:, 1]))
+  assert result.chi2 == pytest.approx((wins - (6 - wins)) ** 2 / 6)
+  assert result.chi2_tie_corrected == pytest.approx(result.chi2)
