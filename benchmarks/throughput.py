@@ -319,7 +319,7 @@ def bench_step(arch_name: str, strategy_name: str, phase: int, settings: Setting
       "first_loss": first_loss, "last_loss": last_loss,
       "loss_finite": bool(np.isfinite(first_loss) and np.isfinite(last_loss)),
   }
-  if strategy.rgn is not None and strategy.rgn["every"] == "epoch":
+  if strategy.epoch_start is not None and strategy.epoch_start.batches:
     record.update(_bench_rgn_epoch(model, strategy, state, host, s, loss, compute_dtype,
                                    device))
     amortised = record["rgn_epoch_ms"] / s.steps_per_epoch
@@ -340,7 +340,7 @@ def _bench_rgn_epoch(model, strategy, state, host, s: Settings, loss, compute_dt
   """
   probe = step_lib.make_rgn_probe(model, strategy, loss=loss, bn_mode=strategy.bn_mode,
                                   compute_dtype=compute_dtype)
-  count = strategy.rgn["batches"]
+  count = strategy.epoch_start.batches
   batches = jax.device_put({k: np.stack([v] * count) for k, v in host.items()}, device)
   key = jax.random.key(s.seed + 1)
   start = time.perf_counter()

@@ -12,19 +12,12 @@ metrics are read from its metadata in config.data_dir.
 import ml_collections
 
 from ftjax import data
+from ftjax.strategies import option_defaults
 
-# Strategy hyper-parameters (ftjax.strategies.registry documents each one).
-STRATEGY_OPTIONS = dict(
-    unfreeze_every=1,    # G-LF / G-FL: epochs between two unfreezing steps
-    lp_epochs=5,         # LP-FT: head-only epochs (the paper does not give it)
-    alpha=0.01,          # L1-SP / L2-SP: weight of ||w - w0|| on pretrained layers
-    beta=0.01,           # L1-SP / L2-SP: weight of ||w_head||
-    sp_apply_to="kernels",
-    rgn_batches=5,       # Auto-RGN: minibatches averaged at each epoch start
-    rgn_every="epoch",
-    rgn_bn="exclude",
-    bn_mode="train",     # PyTorch model.train() BatchNorm everywhere
-)
+# Every strategy's options with their defaults, read from the strategy modules'
+# options dataclasses (the README's option table lists them); a strategy reads
+# its own and ignores the others'.
+STRATEGY_OPTIONS = option_defaults()
 
 
 def dataset_options(*datasets: str) -> ml_collections.ConfigDict:

@@ -165,10 +165,13 @@ def check_supported(arch: str | registry.Arch, strategy: Strategy, *,
   """
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
   fix = "or set config.cache_features=False"
-  if strategy.name != "lp":
-    raise ValueError(f"config.cache_features=True needs strategy 'lp' (only the head "
-                     f"trains, so the backbone's output is fixed); got {strategy.name!r}. "
-                     f"Use config.strategy='lp', {fix}.")
+  head_only = all(phase.trainable == {HEAD} for phase in strategy.plan.phases)
+  hooks = (strategy.epoch_start, strategy.before_update, strategy.feature_penalty,
+           strategy.finalize, strategy.fit)
+  if not head_only or any(h is not None for h in hooks):
+    raise ValueError(f"config.cache_features=True needs strategy 'lp' or another that "
+                     f"trains only the head, with no hooks (the backbone's output is then "
+                     f"fixed); got {strategy.name!r}. Use config.strategy='lp', {fix}.")
   if compute_dtype not in _FLOAT32:
     raise ValueError(f"config.cache_features=True needs float32 compute (features are "
                      f"cached in float32); got compute_dtype={compute_dtype!r}. Set "

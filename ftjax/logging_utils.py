@@ -1,4 +1,5 @@
-"""Per-epoch metrics to metrics.jsonl and TensorBoard; Auto-RGN weights to rgn.jsonl."""
+"""Per-epoch metrics to metrics.jsonl and TensorBoard; per-tensor trees (Auto-RGN's
+weights) to <name>.jsonl."""
 
 from __future__ import annotations
 
@@ -38,11 +39,12 @@ class MetricWriter:
           self._tb.add_scalar(key, float(value), epoch)
       self._tb.flush()
 
-  def write_rgn(self, epoch: int, weights: Any) -> None:
-    """Per-tensor Auto-RGN weights, keyed by parameter path (the per-layer plot)."""
+  def write_tree(self, name: str, epoch: int, weights: Any) -> None:
+    """A per-tensor tree (Auto-RGN's weights: the per-layer plot) to <name>.jsonl,
+    keyed by parameter path."""
     flat = {jax.tree_util.keystr(path): float(value)
             for path, value in jax.tree_util.tree_leaves_with_path(jax.device_get(weights))}
-    self._append("rgn.jsonl", {"epoch": epoch, "weights": flat})
+    self._append(f"{name}.jsonl", {"epoch": epoch, "weights": flat})
 
   def close(self) -> None:
     if self._tb is not None:

@@ -169,7 +169,7 @@ class EpochResult:
   losses: np.ndarray  # [steps, members] training losses
   first_step: int  # the global step the epoch started at
   seconds: float
-  rgn_weights: list[Any] | None = None  # per member: Auto-RGN's weights this epoch
+  epoch_log: list[Any] | None = None  # per member: the epoch-start hook's log (RGN)
 
 
 class EpochRunner(Protocol):
@@ -234,8 +234,9 @@ def run_epochs(exp: Experiment, runner: EpochRunner, state: Any, members: list[M
     for index, member in enumerate(members):
       if not member.active:
         continue
-      if out.rgn_weights is not None and main:
-        member.writer.write_rgn(epoch, out.rgn_weights[index])
+      if out.epoch_log is not None and main:
+        member.writer.write_tree(exp.strategy.epoch_start.log_name, epoch,
+                                 out.epoch_log[index])
       losses = out.losses[:, index]
       try:
         check_finite(losses, epoch=epoch, first_step=out.first_step, config=member.config,

@@ -77,8 +77,6 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
   for run_config in configs:
     experiment.check_config(run_config)
   exp = experiment.load(config)
-  if exp.strategy.reset_each_epoch and exp.strategy.rgn["every"] != "epoch":
-    raise ValueError("ftjax.multirun supports Auto-RGN with rgn_every='epoch' only.")
   runs = [run_lib.RunDir(pathlib.Path(workdir) / run_lib.relative_path(
       c.dataset, c.arch, c.strategy, c.lr, c.seed)) for c in configs]
   group = run_lib.RunDir(runs[0].path.parents[1] / "multirun" / (
@@ -91,7 +89,9 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
   group.check_writable()
   members = [loop.Member(c, run) for c, run in zip(configs, runs)]
 
-  state = _stack([step.create_train_state(exp.strategy, exp.initial_variables(m.config))
+  # Each run's optimizer state holds its own learning rate.
+  state = _stack([step.create_train_state(exp.strategy_with_lr(m.config.lr),
+                                          exp.initial_variables(m.config))
                   for m in members])
   group_ckpts = checkpoints.RunCheckpoints(group.path)
   restored = group_ckpts.restore_latest(state)
@@ -141,7 +141,7 @@ class GroupRunner:
     self.step_keys = jnp.stack([k[0] for k in keys])
     self.probe_keys = jnp.stack([k[1] for k in keys])
     self._steps: dict[int, Any] = {}
-    self._start_rgn = jax.jit(self._start_rgn_epoch, donate_argnums=(0,))
+    self._start = jax.jit(self._start_epoch, donate_argnums=(0,))
 
   def _per_run(self, batches):
     """The runs' batches and their vmap axis: the one shared stream as it is, or each
@@ -154,32 +154,30 @@ class GroupRunner:
     if phase in self._steps:
       return self._steps[phase]
     exp = self.exp
+    # One transform for every run: each run's learning rate is in its optimizer state.
     fn = step.make_step_fn(exp.model, exp.strategy, exp.strategy.plan.phases[phase].trainable,
                            loss=exp.loss_name, compute_dtype=exp.compute_dtype)
 
-    def one(run_state, batch, key, lr, global_step):
-      # The run's optax transform, built inside the vmapped step from its traced lr.
-      tx = exp.strategy_with_lr(lr).transform
-      return fn(run_state, batch, jax.random.fold_in(key, global_step), tx)
+    def one(run_state, batch, key, global_step):
+      return fn(run_state, batch, jax.random.fold_in(key, global_step))
 
     def advance(states, batches, global_step):
       batches, batch_axis = self._per_run(batches)
-      return jax.vmap(one, in_axes=(0, batch_axis, 0, 0, None))(
-          states, batches, self.step_keys, self.lrs, global_step)
+      return jax.vmap(one, in_axes=(0, batch_axis, 0, None))(
+          states, batches, self.step_keys, global_step)
 
     self._steps[phase] = jax.jit(advance, donate_argnums=(0,))
     return self._steps[phase]
 
-  def _start_rgn_epoch(self, states, batches, epoch):
+  def _start_epoch(self, states, batches, epoch):
     exp = self.exp
-    probe = step.rgn_probe_fn(exp.model, exp.strategy, loss=exp.loss_name,
-                              bn_mode=exp.strategy.bn_mode, compute_dtype=exp.compute_dtype)
+    start = exp.strategy.epoch_start.traceable(exp.model, exp.strategy, loss=exp.loss_name,
+                                               compute_dtype=exp.compute_dtype)
 
     def one(run_state, run_batches, key):
-      weights = probe(run_state, run_batches, jax.random.fold_in(key, epoch))
-      return step.start_rgn_epoch(run_state, exp.strategy, weights), weights
+      return start(run_state, run_batches, jax.random.fold_in(key, epoch))
 
-    batches, batch_axis = self._per_run(batches)
+    batches, batch_axis = self._per_run(batches) if batches is not None else (None, None)
     return jax.vmap(one, in_axes=(0, batch_axis, 0))(states, batches, self.probe_keys)
 
   def _batches(self, epoch: int):
@@ -196,15 +194,17 @@ class GroupRunner:
     advance = self._group_step(exp.strategy.plan.phase_index(epoch))
     batches = self._batches(epoch)
     start = time.perf_counter()
-    first, rgn_weights = [], None
-    if exp.strategy.reset_each_epoch:
-      first = list(itertools.islice(batches, min(exp.strategy.rgn["batches"],
-                                                 exp.steps_per_epoch)))
-      # [rgn_batches, B, ...] for one shared stream, else [seeds, rgn_batches, B, ...].
-      probe_batches = experiment.stack_batches(first, axis=0 if self.shared else 1)
-      state, weights = self._start_rgn(state, probe_batches, epoch)
-      weights = jax.device_get(weights)  # the steps donate the state they are part of
-      rgn_weights = [_unstack(weights, i) for i in range(len(self.lrs))]
+    first, epoch_log = [], None
+    hook = exp.strategy.epoch_start
+    if hook is not None:
+      first = list(itertools.islice(batches, min(hook.batches, exp.steps_per_epoch)))
+      # [batches, B, ...] for one shared stream, else [seeds, batches, B, ...].
+      hook_batches = (experiment.stack_batches(first, axis=0 if self.shared else 1)
+                      if first else None)
+      state, log = self._start(state, hook_batches, epoch)
+      if log is not None:
+        log = jax.device_get(log)  # the steps donate the state it may be part of
+        epoch_log = [_unstack(log, i) for i in range(len(self.lrs))]
     global_step = int(state.step[0])
     bar = loop.progress_bar(config, epoch, exp.steps_per_epoch, f"{len(self.lrs)} runs")
     state, losses = loop.run_steps(
@@ -213,7 +213,7 @@ class GroupRunner:
         config.batch_size * len(self.lrs))
     step_losses = np.asarray(jax.device_get(losses), np.float32)  # [steps, runs]
     return loop.EpochResult(state, step_losses, global_step, time.perf_counter() - start,
-                            rgn_weights)
+                            epoch_log)
 
   def variables(self, state, index: int) -> dict[str, Any]:
     return _unstack(model_variables(state), index)

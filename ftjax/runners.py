@@ -1,8 +1,8 @@
 """Epoch runners of one run (`loop.EpochRunner`): ordinary steps, or LP on cached features.
 
 `StepRunner` trains one epoch with the phase's compiled train step over the
-shuffled loader, data-parallel over the devices, with Auto-RGN's probe and
-fresh Adam at the epoch start when the strategy asks for it.
+shuffled loader, data-parallel over the devices, after the strategy's
+epoch-start hook (Auto-RGN's probe and fresh Adam) when it has one.
 `CachedFeatureRunner` trains an LP epoch as one compiled scan over the
 backbone's cached features and validates on them. The vmapped group runner is
 `ftjax.multirun.GroupRunner`.
@@ -29,10 +29,10 @@ class StepRunner:
 
   def __init__(self, exp: Experiment, parallel: distributed.DataParallel):
     self.exp, self.parallel = exp, parallel
-    # Independent streams: dropout per global step, Auto-RGN probe per epoch.
+    # Independent streams: dropout per global step, the epoch-start hook per epoch.
     self.step_rng, self.probe_rng = jax.random.split(jax.random.key(exp.config.seed))
     self._steps: dict[int, Any] = {}
-    self._rgn_probe = None
+    self._epoch_start = None
 
   def _train_step(self, phase: int):
     if phase not in self._steps:
@@ -43,18 +43,17 @@ class StepRunner:
           shardings=self.parallel.shardings())
     return self._steps[phase]
 
-  def _start_rgn_epoch(self, state, first: list, epoch: int):
-    """Auto-RGN: weights from the epoch's first minibatches, then a fresh Adam."""
-    exp, weights = self.exp, None
-    if exp.strategy.rgn["every"] == "epoch":
-      self._rgn_probe = self._rgn_probe or step.make_rgn_probe(
-          exp.model, loss=exp.loss_name, rgn_bn=exp.strategy.rgn["bn"],
-          bn_mode=exp.strategy.bn_mode, compute_dtype=exp.compute_dtype)
-      batches = self.parallel.shard_stacked(experiment.stack_batches(first))
-      weights = self._rgn_probe(state, batches, jax.random.fold_in(self.probe_rng, epoch))
-    state = self.parallel.replicate(step.start_rgn_epoch(state, exp.strategy, weights))
-    # On the host now: the train steps donate the state the weights are part of.
-    return state, (None if weights is None else [jax.device_get(weights)])
+  def _start_epoch(self, state, first: list, epoch: int):
+    """The strategy's epoch-start hook on the epoch's first minibatches (Auto-RGN:
+    weights from them, then a fresh Adam); returns the state and the hook's log."""
+    exp, hook = self.exp, self.exp.strategy.epoch_start
+    if self._epoch_start is None:
+      self._epoch_start = hook.jitted(exp.model, exp.strategy, loss=exp.loss_name,
+                                      compute_dtype=exp.compute_dtype)
+    batches = self.parallel.shard_stacked(experiment.stack_batches(first)) if first else None
+    state, log = self._epoch_start(state, batches, jax.random.fold_in(self.probe_rng, epoch))
+    # On the host now: the train steps donate the state the log may be part of.
+    return self.parallel.replicate(state), (None if log is None else [jax.device_get(log)])
 
   def train_epoch(self, state, epoch: int) -> loop.EpochResult:
     exp, config = self.exp, self.exp.config
@@ -63,12 +62,11 @@ class StepRunner:
     loader = (experiment.train_batch(b, exp.info.multilabel)
               for b in experiment.epoch_loader(config, exp.sources["train"], epoch))
     start = time.perf_counter()
-    first, rgn_weights = [], None
-    if exp.strategy.reset_each_epoch:
-      if exp.strategy.rgn["every"] == "epoch":
-        first = list(itertools.islice(loader, min(exp.strategy.rgn["batches"],
-                                                  exp.steps_per_epoch)))
-      state, rgn_weights = self._start_rgn_epoch(state, first, epoch)
+    first, epoch_log = [], None
+    hook = exp.strategy.epoch_start
+    if hook is not None:
+      first = list(itertools.islice(loader, min(hook.batches, exp.steps_per_epoch)))
+      state, epoch_log = self._start_epoch(state, first, epoch)
     global_step = int(state.step)
     bar = loop.progress_bar(config, epoch, exp.steps_per_epoch,
                             f"{len(exp.strategy.plan.phases[phase].trainable)} module(s) "
@@ -81,7 +79,7 @@ class StepRunner:
     # One host transfer per epoch.
     step_losses = np.asarray(jax.device_get(losses), np.float32)[:, None]
     return loop.EpochResult(state, step_losses, global_step, time.perf_counter() - start,
-                            rgn_weights)
+                            epoch_log)
 
   def variables(self, state, index: int) -> dict[str, Any]:
     del index  # one member

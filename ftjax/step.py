@@ -18,6 +18,7 @@ BatchNorm:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable, Iterable
 
@@ -29,8 +30,8 @@ import optax
 
 from ftjax.data import preprocess
 from ftjax.models import layers
-from ftjax.strategies import partition, transforms
-from ftjax.strategies.registry import Strategy
+from ftjax.strategies import auto_rgn, partition
+from ftjax.strategies.base import Strategy
 
 Batch = dict[str, jax.Array]
 
@@ -39,8 +40,8 @@ Batch = dict[str, jax.Array]
 class TrainState:
   """step count, float32 params, BN running stats, optimizer state.
 
-  Strategy-specific data lives in opt_state: SP's w0 (SPState) and Auto-RGN's
-  per-tensor weights (RgnState).
+  Strategy-specific data lives in opt_state: the learning rate
+  (hyperparams), SP's w0 (SPState), Auto-RGN's per-tensor weights (RgnState).
   """
 
   step: jax.Array
@@ -66,14 +67,9 @@ def create_train_state(strategy: Strategy | optax.GradientTransformation,
 
 def reset_opt_state(state: TrainState, strategy: Strategy | optax.GradientTransformation,
                     rgn_weights: Any = None) -> TrainState:
-  """The optimizer re-created at the current params (Auto-RGN's epoch start).
-
-  Note: SP's w0 would move to the current params too; only Auto-RGN uses this.
-  """
-  opt_state = _transform(strategy).init(state.params)
-  if rgn_weights is not None:
-    opt_state = transforms.set_rgn_weights(opt_state, rgn_weights)
-  return state.replace(opt_state=opt_state)
+  """The optimizer re-created at the current params, the learning rate kept
+  (Auto-RGN's epoch start). Note: SP's w0 would move to the current params too."""
+  return auto_rgn.start_epoch(state, _transform(strategy), rgn_weights)
 
 
 # ---------------------------------------------------------------- losses
@@ -123,11 +119,26 @@ def _cast(params, bn, dtype):
       else p.astype(dtype), params, bn)
 
 
+def _head_input_interceptor(captured: list):
+  """Records the input of the top-level 'head' module (the backbone's features)."""
+
+  def interceptor(next_fun, args, kwargs, context):
+    if context.module.path == (partition.HEAD,) and context.method_name == "__call__":
+      captured.append(args[0])
+    return next_fun(*args, **kwargs)
+
+  return interceptor
+
+
 def make_grad_fn(model: nn.Module, trainable: Iterable[str], *, loss: str = "softmax",
-                 bn_mode: str = "train", compute_dtype: Any = None):
+                 bn_mode: str = "train", compute_dtype: Any = None,
+                 feature_penalty: Callable[[jax.Array], jax.Array] | None = None):
   """(params, batch_stats, batch, rng) -> ((loss, (logits, new_batch_stats)), grads).
 
-  `grads` covers the trainable top-level modules only. Not jitted.
+  `grads` covers the trainable top-level modules only. `feature_penalty`
+  (features -> scalar) is added to the loss, on the head's float32 input
+  features (BSS). The returned loss is the objective, penalty included. Not
+  jitted.
   """
   trainable = frozenset(trainable)
   loss_fn = _loss(loss)
@@ -150,13 +161,17 @@ def make_grad_fn(model: nn.Module, trainable: Iterable[str], *, loss: str = "sof
       variables["batch_stats"] = batch_stats
     apply = functools.partial(model.apply, variables, images, train=True,
                               mutable=["batch_stats"], rngs={"dropout": rng})
-    if bn_mode == "frozen":
-      with nn.intercept_methods(_frozen_bn_interceptor(trainable)):
-        logits, new_vars = apply()
-    else:
+    captured: list = []
+    with contextlib.ExitStack() as stack:
+      if bn_mode == "frozen":
+        stack.enter_context(nn.intercept_methods(_frozen_bn_interceptor(trainable)))
+      if feature_penalty is not None:
+        stack.enter_context(nn.intercept_methods(_head_input_interceptor(captured)))
       logits, new_vars = apply()
     logits = logits.astype(jnp.float32)
     value = loss_fn(logits, batch["label"])
+    if feature_penalty is not None:
+      value = value + feature_penalty(captured[-1].astype(jnp.float32))
     return value, (logits, dict(new_vars).get("batch_stats", batch_stats))
 
   grad = jax.value_and_grad(forward, has_aux=True)
@@ -173,36 +188,26 @@ def make_grad_fn(model: nn.Module, trainable: Iterable[str], *, loss: str = "sof
 
 def make_step_fn(model: nn.Module, strategy: Strategy | optax.GradientTransformation,
                  trainable: Iterable[str], *, loss: str = "softmax",
-                 bn_mode: str | None = None, compute_dtype: Any = None,
-                 rgn_every: str | None = None, rgn_bn: str | None = None):
-  """The un-jitted `(state, batch, rng, tx=None) -> (state, metrics)` of one phase.
-
-  `tx` replaces the strategy's transform for this call (`ftjax.multirun`
-  builds one per run, with that run's learning rate, inside `jax.vmap`).
-  `make_train_step` documents the arguments.
-  """
+                 bn_mode: str | None = None, compute_dtype: Any = None):
+  """The un-jitted `(state, batch, rng) -> (state, metrics)` of one phase
+  (`make_train_step` documents the arguments)."""
   trainable = frozenset(trainable)
-  default_tx = _transform(strategy)
-  rgn = strategy.rgn if isinstance(strategy, Strategy) else None
-  bn_mode = bn_mode or (strategy.bn_mode if isinstance(strategy, Strategy) else "train")
-  rgn_every = rgn_every or (rgn["every"] if rgn else "epoch")
-  rgn_bn = rgn_bn or (rgn["bn"] if rgn else "exclude")
+  tx = _transform(strategy)
+  hooks = strategy if isinstance(strategy, Strategy) else None
+  before_update = hooks.before_update if hooks else None
+  bn_mode = bn_mode or (hooks.bn_mode if hooks else "train")
   grad_fn = make_grad_fn(model, trainable, loss=loss, bn_mode=bn_mode,
-                         compute_dtype=compute_dtype)
+                         compute_dtype=compute_dtype,
+                         feature_penalty=hooks.feature_penalty if hooks else None)
 
-  def step(state: TrainState, batch: Batch, rng: jax.Array,
-           tx: optax.GradientTransformation | None = None):
-    tx = default_tx if tx is None else tx
+  def step(state: TrainState, batch: Batch, rng: jax.Array):
     (value, (logits, batch_stats)), grads = grad_fn(
         state.params, state.batch_stats, batch, rng)
     train_params, frozen_params = partition.split(state.params, trainable)
     opt_state = state.opt_state
     metrics = {"loss": value}
-    if rgn_every == "step":
-      mask = (partition.bn_mask(train_params, state.batch_stats)
-              if rgn_bn == "exclude" else None)
-      weights = transforms.rgn_weights([grads], train_params, mask)
-      opt_state = transforms.set_rgn_weights(opt_state, weights)
+    if before_update is not None:
+      opt_state = before_update(grads, opt_state, train_params, state.batch_stats)
     updates, opt_state = tx.update(grads, opt_state, train_params)
     train_params = optax.apply_updates(train_params, updates)
     if loss == "softmax":
@@ -218,7 +223,6 @@ def make_step_fn(model: nn.Module, strategy: Strategy | optax.GradientTransforma
 def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransformation,
                     trainable: Iterable[str], *, loss: str = "softmax",
                     bn_mode: str | None = None, compute_dtype: Any = None,
-                    rgn_every: str | None = None, rgn_bn: str | None = None,
                     compiler_options: dict[str, Any] | None = None,
                     shardings: tuple[Any, Any] | None = None):
   """A jitted `(state, batch, rng) -> (state, metrics)` for one phase.
@@ -226,9 +230,8 @@ def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransfo
   batch: {'image': NHWC float32 normalised, or uint8 crops that the step
   normalises with ImageNet's mean and std, 'label': int32 [B] (softmax) or
   float32 [B, C] multi-hot (sigmoid)}. rng is the dropout key of this step.
-  bn_mode / rgn options default to the strategy's. With rgn_every='step' the
-  Auto-RGN weights are recomputed from this batch's gradients before the
-  update. compute_dtype (e.g. jnp.bfloat16) runs the model in that dtype with
+  bn_mode defaults to the strategy's; the strategy's hooks before_update and
+  feature_penalty run inside the step. compute_dtype (e.g. jnp.bfloat16) runs the model in that dtype with
   float32 master params (BatchNorm params stay float32). The state argument
   is donated. compiler_options go to `jax.jit` (e.g. a lower XLA CPU
   optimisation level for short test runs). shardings=(replicated, batch)
@@ -236,7 +239,7 @@ def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransfo
   metrics replicated and the batch split over the mesh (data parallelism).
   """
   fn = make_step_fn(model, strategy, trainable, loss=loss, bn_mode=bn_mode,
-                    compute_dtype=compute_dtype, rgn_every=rgn_every, rgn_bn=rgn_bn)
+                    compute_dtype=compute_dtype)
 
   def step(state: TrainState, batch: Batch, rng: jax.Array):
     return fn(state, batch, rng)
@@ -252,82 +255,27 @@ def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransfo
 # ---------------------------------------------------------------- Auto-RGN probe
 
 
-def _probe_parts(model: nn.Module, strategy: Strategy | None, *, loss: str,
-                 rgn_bn: str | None, bn_mode: str, compute_dtype: Any):
-  """(ratios(state, batch, key), finish(total, state, count)) of the Auto-RGN probe."""
-  rgn = strategy.rgn if strategy is not None else None
-  rgn_bn = rgn_bn or (rgn["bn"] if rgn else "exclude")
-  if rgn_bn not in ("exclude", "include"):
-    raise ValueError(f"rgn_bn must be 'exclude' or 'include', got {rgn_bn!r}.")
-
-  def ratios(state: TrainState, batch: Batch, key: jax.Array):
-    grad_fn = make_grad_fn(model, frozenset(state.params), loss=loss, bn_mode=bn_mode,
-                           compute_dtype=compute_dtype)
-    _, grads = grad_fn(state.params, state.batch_stats, batch, key)
-    return transforms.rgn_ratios(grads, state.params)
-
-  def finish(total: Any, state: TrainState, count: int):
-    mean = jax.tree_util.tree_map(lambda t: t / count, total)
-    mask = partition.bn_mask(state.params, state.batch_stats) if rgn_bn == "exclude" else None
-    return transforms.rgn_normalize(mean, state.params, mask)
-
-  return ratios, finish
-
-
-def _run_probe(ratios, add, finish, state: TrainState, batches: Batch, rng: jax.Array):
-  """Sums `ratios` over the leading (minibatch) axis of `batches`, then `finish`es."""
-  count = jax.tree_util.tree_leaves(batches)[0].shape[0]
-  keys = jax.random.split(rng, count)
-  total = None
-  for i in range(count):
-    batch = jax.tree_util.tree_map(lambda x, i=i: x[i], batches)
-    value = ratios(state, batch, keys[i])
-    total = value if total is None else add(total, value)
-  return finish(total, state, count)
-
-
-def _tree_add(a: Any, b: Any) -> Any:
-  return jax.tree_util.tree_map(jnp.add, a, b)
+def _rgn_bn(strategy: Strategy | None, rgn_bn: str | None) -> str:
+  options = strategy.options if strategy is not None else None
+  return rgn_bn or getattr(options, "rgn_bn", "exclude")
 
 
 def rgn_probe_fn(model: nn.Module, strategy: Strategy | None = None, *,
                  loss: str = "softmax", rgn_bn: str | None = None,
                  bn_mode: str = "train", compute_dtype: Any = None):
-  """The probe of `make_rgn_probe` as one traceable `(state, batches, rng) -> weights`
-  (for `jax.vmap` over runs). The minibatch loop is unrolled: XLA's CPU backend
-  runs convolutions inside a while loop several times slower."""
-  ratios, finish = _probe_parts(model, strategy, loss=loss, rgn_bn=rgn_bn, bn_mode=bn_mode,
-                                compute_dtype=compute_dtype)
-
-  return functools.partial(_run_probe, ratios, _tree_add, finish)
+  """`auto_rgn.probe_fn`, rgn_bn defaulting to the strategy's option."""
+  return auto_rgn.probe_fn(model, loss=loss, rgn_bn=_rgn_bn(strategy, rgn_bn),
+                           bn_mode=bn_mode, compute_dtype=compute_dtype)
 
 
 def make_rgn_probe(model: nn.Module, strategy: Strategy | None = None, *,
                    loss: str = "softmax", rgn_bn: str | None = None,
                    bn_mode: str = "train", compute_dtype: Any = None,
                    compiler_options: dict[str, Any] | None = None):
-  """A `(state, batches, rng=None) -> weights` (Auto-RGN, paper eq. 4).
-
-  batches: a batch dict whose arrays have a leading axis of `rgn_batches`
-  minibatches (the epoch's first ones). For each minibatch the gradient of
-  the loss w.r.t. every parameter is taken at the current params (train-mode
-  BatchNorm, running statistics left unchanged), giving per-tensor
-  ||g_b|| / ||theta||; RGN is the mean over minibatches, and the weights are
-  RGN / max RGN. BatchNorm tensors get weight 0 (frozen) with
-  rgn_bn='exclude', or their own RGN with 'include'. Returns the full
-  weights tree (log it: it is the per-layer RGN plot). rgn_bn defaults to the
-  strategy's option, else 'exclude'. One jitted gradient call per minibatch
-  (compiled once), summed on the device: no host round trip.
-  """
-  ratios, finish = _probe_parts(model, strategy, loss=loss, rgn_bn=rgn_bn, bn_mode=bn_mode,
-                                compute_dtype=compute_dtype)
-  probe = functools.partial(_run_probe, jax.jit(ratios, compiler_options=compiler_options),
-                            jax.jit(_tree_add), jax.jit(finish, static_argnums=(2,)))
-
-  def call(state: TrainState, batches: Batch, rng: jax.Array | None = None):
-    return probe(state, batches, jax.random.key(0) if rng is None else rng)
-
-  return call
+  """`auto_rgn.make_probe`, rgn_bn defaulting to the strategy's option."""
+  return auto_rgn.make_probe(model, loss=loss, rgn_bn=_rgn_bn(strategy, rgn_bn),
+                             bn_mode=bn_mode, compute_dtype=compute_dtype,
+                             compiler_options=compiler_options)
 
 
 def start_rgn_epoch(state: TrainState, strategy: Strategy, weights: Any) -> TrainState:

@@ -70,7 +70,7 @@ def test_smoke_times_every_phase_of_g_lf(smoke):
 def test_smoke_auto_rgn_probe_is_timed_and_amortised(smoke):
   records, _, _ = smoke
   (rgn,) = [r for r in records if r["strategy"] == "auto_rgn"]
-  assert rgn["rgn_batches"] == get_strategy("auto_rgn", "resnet18").rgn["batches"]
+  assert rgn["rgn_batches"] == get_strategy("auto_rgn", "resnet18").options.rgn_batches
   assert _positive(rgn["rgn_probe_ms"]) and _positive(rgn["rgn_reset_ms"])
   assert rgn["rgn_amortised_ms_per_step"] == pytest.approx(
       rgn["rgn_epoch_ms"] / rgn["steps_per_epoch"])

@@ -34,7 +34,7 @@ def test_unknown_option_and_bad_choice_raise():
 
 
 def test_all_strategies_build():
-  assert set(STRATEGIES) == {"ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp",
+  assert set(STRATEGIES) >= {"ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp",
                              "auto_rgn"}
   for name in STRATEGIES:
     strategy = get_strategy(name, "resnet50")
@@ -90,6 +90,34 @@ def test_lp_ft_lp_and_ft_plans():
   assert get_strategy("ft", "resnet50").plan.trainable_at(0) == everything
   for name in ("l1_sp", "l2_sp", "auto_rgn"):
     assert get_strategy(name, "resnet50").plan.phases == get_strategy("ft", "resnet50").plan.phases
+
+
+def test_plan_written_as_data():
+  everything = {"stem", "layer1", "layer2", "layer3", "layer4", "head"}
+  lp_ft = get_strategy("lp_ft", "resnet50", {"lp_epochs": 3}).plan
+  assert get_strategy("scheduled", "resnet50", {"phases": "head:3; all"}).plan == lp_ft
+  plan = get_strategy("scheduled", "densenet121",
+                      {"phases": "head:2; head+denseblock4:1; all"}).plan
+  assert [len(plan.trainable_at(e)) for e in (0, 1, 2, 3)] == [1, 1, 2, 9]
+  assert plan.trainable_at(2) == {"head", "denseblock4"}
+  assert get_strategy("scheduled", "resnet50", {"phases": "all"}).plan.trainable_at(0) == everything
+  for bad, words in (("head:2; layer9", "unknown module 'layer9'"),
+                     ("head; all", "every phase but the last"),
+                     ("head:2; all:3", "every phase but the last"),
+                     ("head:0; all", "epochs must be a whole number"),
+                     (" ; all", "names no module")):
+    with pytest.raises(ValueError, match=words):
+      get_strategy("scheduled", "resnet50", {"phases": bad})
+
+
+def test_option_defaults_are_the_options_dataclasses():
+  from configs import base
+  from ftjax.strategies import freezing, sp
+  assert base.STRATEGY_OPTIONS["lp_epochs"] == freezing.LpFtOptions().lp_epochs
+  assert base.STRATEGY_OPTIONS["alpha"] == sp.Options().alpha
+  # A strategy reads its own options and ignores the others' (a sweep shares one dict).
+  strategy = get_strategy("l2_sp", "resnet18", {**base.STRATEGY_OPTIONS, "alpha": 0.5})
+  assert strategy.options.alpha == 0.5 and not hasattr(strategy.options, "lp_epochs")
 
 
 def test_plan_validation():

@@ -95,14 +95,15 @@ def _short(param_path: str) -> str:
 
 
 def rgn_figures(study: Study, out: pathlib.Path) -> list[pathlib.Path]:
-  """One per (dataset, arch) with Auto-RGN runs: the lowest seed at the selected lr."""
+  """One per (dataset, arch) with Auto-RGN runs (runs that log rgn.jsonl): the
+  lowest seed at the selected lr."""
   paths = []
   for (dataset, arch, strategy), selection in sorted(study.selections.items()):
-    if strategy != "auto_rgn":
-      continue
     runs = [r for r in study.records if r.key == (dataset, arch, strategy)
             and r.lr == selection.lr]
     run = min(runs, key=lambda r: r.seed)
+    if not (run.path / "rgn.jsonl").is_file():
+      continue
     path = rgn_figure(run.path, f"Auto-RGN weights: {dataset} {arch} lr={run.lr:g} "
                       f"seed={run.seed}", out / f"rgn_{dataset}_{arch}.png")
     if path is not None:

@@ -96,3 +96,37 @@ def gradual(arch: Arch, direction: str, every: int = 1) -> Plan:
       sets.append(trainable)
   phases = [Phase(s, every) for s in sets[:-1]] + [Phase(sets[-1], None)]
   return Plan(tuple(phases))
+
+
+def parse(arch: Arch, spec: str) -> Plan:
+  """A plan written as data: phases separated by ';', each 'modules[:epochs]'.
+
+  modules are '+'-joined names of the architecture's blocks or top-level
+  modules, 'head', or 'all'; every phase but the last gives its epochs.
+  'head:5; all' is LP-FT with lp_epochs=5; 'head:2; head+layer4:3; all' trains
+  the head, then the last block too, then everything.
+  """
+  blocks = {b.name: frozenset(b.modules) for b in arch.blocks}
+  names = {m: frozenset({m}) for m in all_modules(arch)}
+  known = {**names, **blocks, "all": all_modules(arch)}
+  phases = []
+  parts = [p.strip() for p in spec.split(";")]
+  for i, part in enumerate(parts):
+    modules, _, epochs = part.partition(":")
+    trainable: frozenset[str] = frozenset()
+    for name in filter(None, (m.strip() for m in modules.split("+"))):
+      if name not in known:
+        raise ValueError(f"phases {spec!r}: unknown module {name!r}; {arch.name} has "
+                         f"{', '.join(sorted(known))}.")
+      trainable |= known[name]
+    if not trainable:
+      raise ValueError(f"phases {spec!r}: phase {i + 1} names no module.")
+    last = i == len(parts) - 1
+    if last != (not epochs.strip()):
+      raise ValueError(f"phases {spec!r}: every phase but the last needs ':<epochs>' "
+                       f"and the last must have none (it lasts until the end).")
+    count = None if last else epochs.strip()
+    if count is not None and (not count.isdigit() or int(count) < 1):
+      raise ValueError(f"phases {spec!r}: epochs must be a whole number >= 1, got {count!r}.")
+    phases.append(Phase(trainable, None if count is None else int(count)))
+  return Plan(tuple(phases))
