@@ -82,7 +82,7 @@ def _sklearn_auroc(predictions: dict) -> list[float | None]:
   return per_class
 
 
-def _class_rows(markdown: str, dataset: str) -> dict[str, str]:
+def class_rows(markdown: str, dataset: str) -> dict[str, str]:
   """Class name -> its AUROC cell, from the dataset's table in report.md."""
   table = markdown.split(f"### {dataset}: classes\n", 1)[1].strip().split("\n\n", 1)[0]
   rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
@@ -105,7 +105,7 @@ def test_report_names_each_class_with_its_auroc_checked_against_sklearn(written,
                                                                        names):
   out, chosen = written
   markdown = (out / "report.md").read_text()
-  rows = _class_rows(markdown, dataset)
+  rows = class_rows(markdown, dataset)
   assert list(rows) == list(names)
   for name, expected in zip(names, _sklearn_auroc(chosen[dataset])):
     assert rows[name] == ("–" if expected is None else f"{100 * expected:.2f}"), name
