@@ -4,6 +4,8 @@
 resize=232)`` returns the builder, ``builder.download_and_prepare(
 download_config=tfds.download.DownloadConfig(manual_dir=...))`` prepares it
 once, and ``builder.as_data_source(split)`` feeds ``pipeline.make_loader``.
+The built-in names are those the builders of BUILDER_MODULES declare
+(``ftjax.data.registry``); a user dataset is found by its name in ``data_dir``.
 """
 
 from __future__ import annotations
