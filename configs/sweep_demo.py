@@ -7,6 +7,7 @@
 import ml_collections
 
 from configs import demo
+from ftjax import launch
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -19,4 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.strategies = ("ft", "lp", "lp_ft", "auto_rgn")
   config.lrs = (1e-3, 1e-4)
   config.seeds = (0, 1)
+  # launcher (local | slurm), slurm resources, compilation cache, runs per GPU.
+  launch.add_cluster_fields(config)
   return config

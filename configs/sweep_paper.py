@@ -11,6 +11,7 @@ dataset, arch, strategy, lr and seed on a copy. Override base fields with
 import ml_collections
 
 from configs import base
+from ftjax import launch
 
 DATASETS = ("chexpert", "mura_shoulder", "mura_wrist", "mura_humerus", "brain_tumor_mri",
             "bach", "isic2020", "cholect50")  # tables 3-10, in order
@@ -28,4 +29,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.strategies = STRATEGIES
   config.lrs = (1e-3, 1e-4, 1e-5)
   config.seeds = (0, 1, 2)
+  # launcher (local | slurm), slurm resources, compilation cache, runs per GPU.
+  launch.add_cluster_fields(config)
   return config

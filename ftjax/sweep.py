@@ -19,7 +19,13 @@ one `ftjax.train` run per cell, in <workdir>/<dataset>/<arch>/<strategy>/lr<lr>/
   and the exit status is 1. Within one sweep a run is attempted at most once.
 - One device: runs in-process, one after another. Several (`--devices N`, or
   automatic when JAX sees more than one): one `python -m ftjax.train` subprocess
-  per device at a time, each seeing one device (CUDA_VISIBLE_DEVICES).
+  per device at a time, each seeing one device (CUDA_VISIBLE_DEVICES);
+  `runs_per_gpu` in the sweep config runs that many per device, without
+  preallocation and each capped to its share of the memory.
+- Every run of the sweep shares one persistent JAX compilation cache
+  (`compilation_cache_dir`, default <workdir>/.jax_cache; ftjax.compile_cache).
+- On a cluster: --launcher slurm submits the missing runs as one job array
+  (ftjax.launch; docs/distributed.md).
 
 Subsets: --datasets isic2020,bach --archs resnet50 --strategies ft,lp --lrs 1e-4
 --seeds 0,1; --dry_run lists the runs and their status. Retries: --retry_diverged,
@@ -29,6 +35,7 @@ Subsets: --datasets isic2020,bach --archs resnet50 --strategies ft,lp --lrs 1e-4
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -38,15 +45,16 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ml_collections
 import tqdm
 
-from ftjax import cli_flags, data
+from ftjax import cli_flags, compile_cache, data
 from ftjax import run as run_lib
 from ftjax.data.prepared import prepared_builder
 from ftjax.models import registry
+from ftjax.strategies import registry as strategies
 
 LOCK_NAME = run_lib.RunDir.LOCK
 ERROR_NAME = "error.txt"
@@ -55,6 +63,8 @@ ATTEMPTS_NAME = "attempts.json"  # failed attempts so far, to bound retries
 RESULTS_NAME = "results.json"
 RUN_CONFIG_NAME = "run_config.json"  # the run's full config, for subprocess runs
 AXES = ("datasets", "archs", "strategies", "lrs", "seeds")
+# local: runs on this machine (below); slurm / submitit_local: a job array (ftjax.launch).
+LAUNCHERS = ("local", "slurm", "submitit_local")
 MAX_ATTEMPTS = 3
 TRAIN_COMMAND = (sys.executable, "-m", "ftjax.train")
 # What `python -m ftjax.train` prints for a TrainingDivergedError before exiting 1.
@@ -116,7 +126,15 @@ def grid(sweep_config: ml_collections.ConfigDict,
       full = [v for v in full if v in chosen]
     values[axis] = full
   return [RunSpec(d, a, s, lr, seed) for d in values["datasets"] for a in values["archs"]
-          for s in values["strategies"] for lr in values["lrs"] for seed in values["seeds"]]
+          for s in values["strategies"] for lr in _lrs_of(s, values["lrs"])
+          for seed in values["seeds"]]
+
+
+def _lrs_of(strategy: str, lrs: list[float]) -> list[float]:
+  """A training-free strategy (kNN) has no learning rate: one run per seed, at the
+  first lr (an unknown name keeps every lr; the run then reports the name)."""
+  definition = strategies.DEFINITION.get(strategy)
+  return lrs[:1] if definition is not None and not definition.uses_lr else lrs
 
 
 # --- Locks and status -------------------------------------------------------
@@ -203,15 +221,18 @@ def run_in_process(spec: RunSpec, config: ml_collections.ConfigDict, run_dir: pa
 
 def run_in_subprocess(spec: RunSpec, config: ml_collections.ConfigDict,
                       run_dir: pathlib.Path, device: str | None = None,
-                      command: Sequence[str] = TRAIN_COMMAND) -> None:
+                      command: Sequence[str] = TRAIN_COMMAND,
+                      extra_env: Mapping[str, str] | None = None) -> None:
   """Trains the run with `python -m ftjax.train` seeing only `device`; output to log.txt.
 
-  `command` replaces `python -m ftjax.train` (it gets --config and --workdir).
+  `command` replaces `python -m ftjax.train` (it gets --config and --workdir);
+  `extra_env` is added to its environment (compilation cache, memory share).
   """
   del spec
   config_path = run_dir / RUN_CONFIG_NAME
   config_path.write_text(config.to_json_best_effort(indent=2) + "\n")
   env = dict(os.environ)
+  env.update(extra_env or {})
   env[run_lib.LOCK_HELD_ENV] = str(run_dir.absolute())  # the sweep holds the run's lock
   if device is not None:
     env["CUDA_VISIBLE_DEVICES"] = device
@@ -268,6 +289,17 @@ class SweepSummary:
     return not self.failed and not self.gave_up
 
 
+def not_retried(run_dir: pathlib.Path, *, retry_diverged: bool, retry_failed: bool,
+                max_attempts: int) -> str | None:
+  """"diverged" or "given up" for a run that a sweep does not attempt again; else None."""
+  if (run_dir / DIVERGED_NAME).exists() and not retry_diverged:
+    return "diverged"
+  if (run_dir / ERROR_NAME).exists() and not retry_failed and (
+      failed_attempts(run_dir) >= max_attempts):
+    return "given up"
+  return None
+
+
 class _Queue:
   """Hands out runs that are unfinished, not to be skipped, and lockable; thread-safe."""
 
@@ -305,10 +337,11 @@ class _Queue:
 
   def _skipped(self, spec: RunSpec, run_dir: pathlib.Path) -> bool:
     """Records and drops a run that must not be retried (checked under its lock)."""
-    if (run_dir / DIVERGED_NAME).exists() and not self.retry_diverged:
+    reason = not_retried(run_dir, retry_diverged=self.retry_diverged,
+                         retry_failed=self.retry_failed, max_attempts=self.max_attempts)
+    if reason == "diverged":
       self.summary.diverged_before.append((spec, diverged_error(run_dir)))
-    elif (run_dir / ERROR_NAME).exists() and not self.retry_failed and (
-        failed_attempts(run_dir) >= self.max_attempts):
+    elif reason == "given up":
       self.summary.gave_up.append((spec, failed_attempts(run_dir)))
     else:
       return False
@@ -329,8 +362,10 @@ def run_sweep(sweep_config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
               retry_failed: bool = False, max_attempts: int = MAX_ATTEMPTS) -> SweepSummary:
   """Runs every unfinished run of `specs` (default: the whole grid).
 
-  devices > 1 runs that many subprocesses at once, one per device; otherwise
-  runs go in-process one by one. `runner` replaces how one run is executed; it
+  devices > 1 runs that many subprocesses at once, one per device (the sweep
+  config's `runs_per_gpu` per device); otherwise runs go in-process one by one.
+  Both share the compilation cache (`compile_cache.directory`; in-process only if
+  this process has none yet). `runner` replaces how one run is executed; it
   raises RunDiverged for a run whose loss became NaN/Inf. Runs recorded as
   diverged are skipped unless `retry_diverged`; runs that already failed
   `max_attempts` times are skipped unless `retry_failed`. Returns when every run
@@ -346,9 +381,11 @@ def run_sweep(sweep_config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
   # another config is run (and refused by train, naming the fields), never counted.
   identities = {s: expected_identity(s.config(sweep_config.base)) for s in specs}
   summary.already_done = [s for s in specs if is_done(s.directory(workdir), identities[s])]
+  runs_per_gpu = int(sweep_config.get("runs_per_gpu", 1))
+  device_ids = _device_ids(devices) * max(1, runs_per_gpu)  # that many workers per device
   if runner is None:
-    runner = run_in_subprocess if devices > 1 else run_in_process
-  device_ids = _device_ids(devices)
+    runner = _default_runner(len(device_ids) > 1, compile_cache.directory(sweep_config, workdir),
+                             runs_per_gpu)
 
   bar = tqdm.tqdm(total=len(specs), initial=len(summary.already_done), unit="run",
                   desc="sweep", disable=not progress, dynamic_ncols=True)
@@ -409,6 +446,26 @@ def run_sweep(sweep_config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
       thread.join()
   bar.close()
   return summary
+
+
+def _default_runner(subprocesses: bool, cache_dir: pathlib.Path | None,
+                    runs_per_gpu: int) -> Runner:
+  """In-process runs (this process gets the cache), or subprocesses given the cache
+  and, when runs share a device, a share of its memory."""
+  if not subprocesses:
+    compile_cache.enable(cache_dir)
+    return run_in_process
+  env = {**compile_cache.environment(cache_dir), **memory_environment(runs_per_gpu)}
+  return functools.partial(run_in_subprocess, extra_env=env)
+
+
+def memory_environment(runs_per_gpu: int) -> dict[str, str]:
+  """For processes sharing one GPU: no preallocation (JAX's default takes 75% of the
+  GPU at start, which fails the second process) and each a cap of its share."""
+  if runs_per_gpu <= 1:
+    return {}
+  return {"XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+          "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / runs_per_gpu:.3f}"}
 
 
 def _write_json(path: pathlib.Path, value: dict) -> None:
@@ -501,6 +558,19 @@ def main(argv) -> None:
     specs = grid(f.config, **{axis: _split(getattr(f, axis)) for axis in AXES})
   except ValueError as error:
     raise app.UsageError(str(error))
+  launcher = f.launcher or f.config.get("launcher", "local")
+  if launcher not in LAUNCHERS:
+    raise app.UsageError(f"config.launcher={launcher!r}: use one of {', '.join(LAUNCHERS)}.")
+  if launcher != "local":
+    from ftjax import launch  # pylint: disable=import-outside-toplevel
+    try:
+      sys.exit(launch.main(f.config, f.workdir, specs, launcher, dry_run=f.dry_run,
+                           wait_for_jobs=f.wait, poll_seconds=f.poll_seconds,
+                           retry_diverged=f.retry_diverged, retry_failed=f.retry_failed,
+                           max_attempts=f.max_attempts))
+    except launch.LaunchError as error:
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(1)
   if f.dry_run:
     print(describe(specs, f.workdir, f.config.base))
     return
@@ -527,11 +597,17 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", "runs/paper", "root of the run directories")
   for _axis in AXES:
     flags.DEFINE_string(_axis, None, f"comma-separated subset of the sweep's {_axis}")
-  flags.DEFINE_boolean("dry_run", False, "list the runs and their status; run nothing")
+  flags.DEFINE_boolean("dry_run", False, "list the runs and their status; run nothing "
+                       "(--launcher slurm: also print the sbatch script)")
+  flags.DEFINE_enum("launcher", None, LAUNCHERS, "where runs go: local (this machine), "
+                    "slurm (one job array, ftjax.launch) or submitit_local (the job path as "
+                    "local processes); default: the config's launcher field, else local")
+  flags.DEFINE_boolean("wait", False, "--launcher slurm: wait until the submitted jobs "
+                       "leave the queue, then show the status (exit 1 if runs are missing)")
   flags.DEFINE_integer("devices", 0, "runs at once, one per device (subprocesses); "
                        "0: jax.local_device_count()")
   flags.DEFINE_float("poll_seconds", 10.0, "wait between checks on runs locked by another "
-                     "sweep")
+                     "sweep, or on submitted jobs (--wait)")
   flags.DEFINE_boolean("retry_diverged", False, "also run again the runs an earlier sweep "
                        "recorded as diverged (<run>/diverged.json); they resume from their "
                        "last good checkpoint with the same config")
