@@ -2,6 +2,7 @@
 against PyTorch on ResNet-18 (the tolerance rule of tests/test_step.py), and each
 through ftjax.train and the vmapped multirun."""
 
+import functools
 import json
 
 import jax
@@ -64,19 +65,29 @@ def test_llrd_scales_vgg_follow_its_layers():
 LLRD_DECAY = 0.5  # far from 1: a group's scale error shows within three steps
 
 
-def test_llrd_matches_torch_adam_with_timm_groups():
+@functools.lru_cache(maxsize=None)
+def _llrd_steps():
+  """(setup, ftjax's three llrd steps on ResNet-18)."""
   s = torch_setup("resnet18")
   strategy = get_strategy("llrd", s.arch, {"lr": TORCH_LR, "llrd_decay": LLRD_DECAY})
-  ours = _run_strategy(s, strategy, [ALL_RESNET] * 3)
+  return s, _run_strategy(s, strategy, [ALL_RESNET] * 3)
 
-  def reference(scales):
-    return _torch_pair(s, lambda model: ref.train_llrd(model, s.batches, TORCH_LR, scales))
 
-  _assert_matches(s, ours, reference(ref.timm_lr_scales("resnet18", LLRD_DECAY)))
-  # The rule tells a block's scale from its stage's: timm's coarse grouping
-  # (one group per layerN) is caught.
+def _llrd_reference(s, scales):
+  return _torch_pair(s, lambda model: ref.train_llrd(model, s.batches, TORCH_LR, scales))
+
+
+def test_llrd_matches_torch_adam_with_timm_groups():
+  s, ours = _llrd_steps()
+  _assert_matches(s, ours, _llrd_reference(s, ref.timm_lr_scales("resnet18", LLRD_DECAY)))
+
+
+@pytest.mark.slow
+def test_rule_tells_llrd_blocks_from_stages():
+  """timm's coarse grouping (one group per layerN) against ftjax's fine one is caught."""
+  s, ours = _llrd_steps()
   coarse = ref.timm_lr_scales("resnet18", LLRD_DECAY, coarse=True)
-  bad = _violations(ours, *reference(coarse), s.variables)
+  bad = _violations(ours, *_llrd_reference(s, coarse), s.variables)
   assert any("layer" in m for m in bad), bad
 
 
@@ -91,19 +102,35 @@ def test_bitfit_selects_biases_batchnorm_and_head(arch_name):
   assert ours == ref.bitfit_names(model, torch_reference.head_prefix(arch_name))
 
 
-def test_bitfit_matches_torch_requires_grad():
+@functools.lru_cache(maxsize=None)
+def _bitfit_steps():
   s = torch_setup("resnet18")
   strategy = get_strategy("bitfit", s.arch, {"lr": TORCH_LR})
-  ours = _run_strategy(s, strategy, [ALL_RESNET] * 3)
+  return s, _run_strategy(s, strategy, [ALL_RESNET] * 3)
 
-  def reference(select):
-    return _torch_pair(s, lambda model: ref.train_selected(
-        model, s.batches, TORCH_LR, select(model)))
 
+def _selected_reference(s, select):
+  """PyTorch's three steps with requires_grad on the names `select(model)` gives."""
+  return _torch_pair(s, lambda model: ref.train_selected(
+      model, s.batches, TORCH_LR, select(model)))
+
+
+# Slow (PyTorch's float32 and float64 runs, ~30 s on 2 cores, and a compile);
+# bitfit's bitwise freezing is checked in the default run by the test below
+# and by the end-to-end test.
+@pytest.mark.slow
+def test_bitfit_matches_torch_requires_grad():
+  s, ours = _bitfit_steps()
   # Kernels: bitwise unchanged on both sides (the rule's frozen-tensor check).
-  _assert_matches(s, ours, reference(lambda m: ref.bitfit_names(m, "fc")))
-  # Without the BatchNorm parameters (biases and head only) the rule fails.
-  bad = _violations(ours, *reference(lambda m: ref.names_under(m, ("fc.",))), s.variables)
+  _assert_matches(s, ours, _selected_reference(s, lambda m: ref.bitfit_names(m, "fc")))
+
+
+@pytest.mark.slow
+def test_rule_sees_bitfit_batchnorm_parameters():
+  """A reference without the BatchNorm parameters (the head only) is caught."""
+  s, ours = _bitfit_steps()
+  bad = _violations(ours, *_selected_reference(s, lambda m: ref.names_under(m, ("fc.",))),
+                    s.variables)
   assert any("bn" in m and "moved" in m for m in bad), bad
 
 
@@ -133,14 +160,15 @@ def test_bitfit_keeps_kernel_bits_negative_zero_included():
 # ------------------------------------------------------------------- surgical
 
 
+@pytest.mark.slow  # its plan is checked below; gated Adam on a plan by tests/test_step.py
 @pytest.mark.parametrize("block,torch_prefixes", [("first", ("conv1.", "bn1.", "fc."))])
 def test_surgical_matches_torch_requires_grad(block, torch_prefixes):
   s = torch_setup("resnet18")
   strategy = get_strategy("surgical", s.arch, {"lr": TORCH_LR, "surgical_block": block})
   trainable = frozenset(strategy.plan.trainable_at(0))
   ours = _run_strategy(s, strategy, [trainable] * 3)
-  _assert_matches(s, ours, _torch_pair(s, lambda model: ref.train_selected(
-      model, s.batches, TORCH_LR, ref.names_under(model, torch_prefixes))))
+  _assert_matches(s, ours, _selected_reference(
+      s, lambda model: ref.names_under(model, torch_prefixes)))
 
 
 @pytest.mark.parametrize("arch_name,block,expected", [
@@ -185,36 +213,58 @@ def _frozen_paths(kept, strategy, params):
   return {path for path, keep in _leaves(kept(strategy, params)).items() if not keep}
 
 
+# Small: the vmapped and the single program's float32 rounding stay within 1e-4.
 E2E_LRS = (1e-4, 3e-4)
+SLOW = pytest.mark.slow
+# (strategy, what it trains or None for everything, marks of the train test):
+# bitfit in the default run (its masked optimizer state goes through the
+# checkpoints); the others' plans are the freezing strategies' (and
+# tests/test_train.py runs every strategy through train).
+E2E_CASES = [("llrd", None, SLOW),
+             ("bitfit", lambda strategy, params: bitfit_mask(params), ()),
+             ("surgical", _kept_by_plan, SLOW)]
 
 
-@pytest.mark.parametrize("strategy,kept", [
-    ("llrd", None), ("bitfit", lambda strategy, params: bitfit_mask(params)),
-    ("surgical", _kept_by_plan)])
-def test_train_and_multirun(strategy, kept, data_dir, tmp_path):
-  """Both write results; frozen parameters stay bitwise as initialised in the best
-  checkpoint; the vmapped group's run equals the run trained alone."""
-  config = tiny_config(data_dir, strategy, lr=E2E_LRS[0])
-  alone = training.train_and_evaluate(config, tmp_path / "alone")
-  assert json.loads((tmp_path / "alone" / "results.json").read_text()) == alone
-  group = multirun.train_group(config, E2E_LRS, [config.seed], tmp_path / "group")
+def _check_best_checkpoint(workdir, config, kept):
+  """Frozen parameters bitwise as initialised in the best checkpoint, others moved."""
   arch = get_arch(config.arch)
   initial_params = jax.device_get(
       init_variables(arch, jax.random.key(config.seed), 4))["params"]
   initial = _leaves(initial_params)
   frozen = set() if kept is None else _frozen_paths(
-      kept, get_strategy(strategy, arch, config.strategy_options), initial_params)
+      kept, get_strategy(config.strategy, arch, config.strategy_options), initial_params)
   assert bool(frozen) == (kept is not None)
-  runs = [tmp_path / "alone"] + [
-      tmp_path / "group" / run_lib.relative_path(c.dataset, c.arch, c.strategy, c.lr, c.seed)
-      for c in multirun.run_configs(config, E2E_LRS, [config.seed])]
-  for workdir in runs:
-    best = _leaves(best_checkpoint(workdir, config)[1]["params"])
-    for path in frozen:
-      np.testing.assert_array_equal(best[path], initial[path], err_msg=f"{workdir}: {path}")
-    assert any(not np.array_equal(best[p], initial[p]) for p in set(best) - frozen), workdir
+  best = _leaves(best_checkpoint(workdir, config)[1]["params"])
+  for path in frozen:
+    np.testing.assert_array_equal(best[path], initial[path], err_msg=f"{workdir}: {path}")
+  assert any(not np.array_equal(best[p], initial[p]) for p in set(best) - frozen), workdir
+
+
+@pytest.mark.parametrize("strategy,kept", [
+    pytest.param(name, kept, marks=marks) for name, kept, marks in E2E_CASES])
+def test_train_writes_results_and_keeps_frozen_parameters(strategy, kept, data_dir,
+                                                          tmp_path):
+  config = tiny_config(data_dir, strategy, lr=E2E_LRS[0])
+  results = training.train_and_evaluate(config, tmp_path)
+  assert json.loads((tmp_path / "results.json").read_text()) == results
+  assert results["strategy"] == strategy and results["epochs_run"] == config.num_epochs
+  _check_best_checkpoint(tmp_path, config, kept)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,kept", [case[:2] for case in E2E_CASES])
+def test_multirun_group_equals_runs_alone(strategy, kept, data_dir, tmp_path):
+  config = tiny_config(data_dir, strategy, lr=E2E_LRS[0])
+  group = multirun.train_group(config, E2E_LRS, [config.seed], tmp_path / "group")
+  for run_config, result in zip(multirun.run_configs(config, E2E_LRS, [config.seed]), group):
+    workdir = tmp_path / "group" / run_lib.relative_path(
+        run_config.dataset, run_config.arch, run_config.strategy, run_config.lr,
+        run_config.seed)
+    assert json.loads((workdir / "results.json").read_text()) == result
+    assert result["lr"] == run_config.lr
+    _check_best_checkpoint(workdir, run_config, kept)
+  alone = training.train_and_evaluate(config, tmp_path / "alone")
   assert group[0]["test"]["loss"] == pytest.approx(alone["test"]["loss"], rel=1e-4)
-  assert group[0]["lr"] == E2E_LRS[0] and group[1]["lr"] == E2E_LRS[1]
 
 
 @pytest.fixture(scope="module")
