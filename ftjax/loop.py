@@ -306,13 +306,31 @@ def finish(exp: Experiment, runner: EpochRunner, state: Any, members: list[Membe
       results.append(None)
       continue
     best_epoch, best = member.ckpts.restore_best(runner.variables(state, index))
+    best, finalized = _finalize(exp, runner, state, index, best)
     predictions = {split: runner.predict(best, split) for split in ("test", "validation")}
     results.append(write_results(
         exp, member, best_epoch=best_epoch, test=exp.metrics(predictions["test"]),
         val=exp.metrics(predictions["validation"]), devices=devices,
-        extra=runner.extra_metrics, predictions=predictions))
+        extra={**runner.extra_metrics, **finalized}, predictions=predictions))
     member.close()
   return results
+
+
+def _finalize(exp: Experiment, runner: EpochRunner, state: Any, index: int,
+              best: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The strategy's finalize hook (WiSE-FT's mixing) on member `index`: the variables
+  to test instead of the best epoch's, and what results.json records of the choice.
+
+  The hook is called as `finalize(state, best, variables_of=, validate=, monitor=)`:
+  `variables_of(state)` is the member's variables of a (possibly stacked) state,
+  `validate(variables)` their validation metrics, `monitor` the early-stopping
+  metric's Monitor (which score is better).
+  """
+  if exp.strategy.finalize is None:
+    return best, {}
+  return exp.strategy.finalize(
+      state, best, variables_of=lambda s: runner.variables(s, index),
+      validate=runner.validate, monitor=Monitor(exp.config.early_stopping_metric))
 
 
 def write_results(exp: Experiment, member: Member, *, best_epoch: int,

@@ -17,10 +17,11 @@ import optax
 
 from ftjax.models.registry import Arch, get_arch
 from ftjax.strategies import auto_rgn, freezing, sp
+from ftjax.strategies import bss, wise_ft
 from ftjax.strategies import llrd, partial
 from ftjax.strategies.base import LR_NAME, Definition, Strategy, check_options
 
-MODULES = (freezing, sp, auto_rgn, llrd, partial)
+MODULES = (freezing, sp, auto_rgn, bss, wise_ft, llrd, partial)
 DEFINITION: dict[str, Definition] = {d.name: d for m in MODULES for d in m.DEFINITIONS}
 STRATEGIES = tuple(DEFINITION)
 PAPER_STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn")
