@@ -347,9 +347,12 @@ def submit(sweep_config: ml_collections.ConfigDict, workdir: pathlib.Path,
   return jobs
 
 
-def wait(jobs: Sequence[Any], poll_seconds: float) -> None:
-  """Until every job has left the queue (finished, failed or cancelled)."""
-  while not all(job.done() for job in jobs):
+def wait(jobs: Sequence[Any], launcher: str, poll_seconds: float) -> None:
+  """Until every job has left the queue (finished, failed or cancelled): asked of
+  squeue on SLURM (submitit's own check needs the accounting database)."""
+  ids = [job.job_id for job in jobs]
+  while (active_jobs(launcher, ids) if launcher == "slurm"
+         else not all(job.done() for job in jobs)):  # a local job's process, reaped
     time.sleep(poll_seconds)
 
 
@@ -370,7 +373,7 @@ def main(sweep_config: ml_collections.ConfigDict, workdir: str, specs: Sequence[
   jobs = submit(sweep_config, root, specs, launcher, **retry)
   if not (wait_for_jobs or launcher == "submitit_local") or not jobs:
     return 0
-  wait(jobs, poll_seconds)
+  wait(jobs, launcher, poll_seconds)
   p = plan(sweep_config, root, specs, launcher, **retry)
   print(describe_plan(p), flush=True)
   # As for a local sweep, a diverged run is an outcome, not a fault.

@@ -133,6 +133,45 @@ start_daemons() {
   cannot_run "node $HOST did not become idle within 60 s (sinfo: $(sinfo -h -N -o '%t %E' 2>&1))"
 }
 
+# The tiny sweep: configs/sweep_demo.py shrunk to seconds per run, ft and lp x 2 seeds.
+SWEEP_ARGS=(--config configs/sweep_demo.py
+  --config.base.data_dir="$STATE/data" --config.base.dataset_options.num_train=96
+  --config.base.dataset_options.num_test=48 --config.base.resize=36 --config.base.crop=32
+  --config.base.batch_size=16 --config.base.eval_batch_size=32 --config.base.num_epochs=2
+  --strategies=ft,lp --lrs=1e-3 --seeds=0,1)
+SLURM_ARGS=(--launcher slurm --config.slurm.partition=debug --config.slurm.gpus_per_task=0
+  --config.slurm.cpus_per_task=1 --config.slurm.mem_gb=3 --config.slurm.timeout_min=20)
+
+fail() { say "FAILED: $*"; exit 1; }
+
+run_sweep_on_slurm() {
+  export JAX_PLATFORMS=cpu  # the jobs inherit the submitting environment
+  local out
+  "$PYTHON" -m ftjax.sweep "${SWEEP_ARGS[@]}" "${SLURM_ARGS[@]}" --workdir "$STATE/runs" \
+      --dry_run | tail -n 30
+  say "submitting the job array"
+  "$PYTHON" -m ftjax.sweep "${SWEEP_ARGS[@]}" "${SLURM_ARGS[@]}" --workdir "$STATE/runs" \
+      --wait --poll_seconds 2 || { tail -n 40 "$STATE"/runs/.submitit/*/*log.err 2>/dev/null;
+                                  fail "the job array did not finish every run"; }
+  out=$("$PYTHON" -m ftjax.sweep "${SWEEP_ARGS[@]}" "${SLURM_ARGS[@]}" --workdir "$STATE/runs")
+  echo "$out" | tail -n 1
+  grep -q "4 runs: 4 done; 0 to submit." <<<"$out" || fail "a second submit found runs missing"
+  say "the same sweep locally, for comparison"
+  "$PYTHON" -m ftjax.sweep "${SWEEP_ARGS[@]}" --workdir "$STATE/local" --devices 1 >/dev/null \
+      || fail "the local sweep failed"
+  "$PYTHON" - "$STATE/runs" "$STATE/local" <<'PY' || fail "SLURM's results differ from the local sweep's"
+import json, pathlib, sys
+slurm, local = map(pathlib.Path, sys.argv[1:])
+runs = sorted(p.relative_to(local) for p in local.rglob("results.json"))
+assert len(runs) == 4, runs
+for run in runs:
+    a, b = (json.loads((root / run).read_text()) for root in (slurm, local))
+    for key in ("validation", "test", "best_epoch", "epochs_run"):
+        assert a[key] == b[key], (str(run), key, a[key], b[key])
+print(f"slurm_local: {len(runs)} runs from the job array equal the local sweep's")
+PY
+}
+
 install_packages
 write_config
 start_daemons
@@ -140,3 +179,5 @@ if [[ ${1:-} == --up-only ]]; then
   say "cluster up; SLURM_CONF=$SLURM_CONF; Ctrl-C stops it"
   wait
 fi
+run_sweep_on_slurm
+say "OK"
