@@ -228,3 +228,20 @@ def test_subprocess_runs_get_the_cache_and_a_share_of_the_gpu(tmp_path, monkeypa
   assert env["CUDA_VISIBLE_DEVICES"] == "3"
   config.compilation_cache_dir = ""  # the cache turned off
   assert compile_cache.directory(config, tmp_path / "runs") is None
+
+
+def test_launcher_faults_name_the_file_or_the_fix(tmp_path, monkeypatch):
+  config = tiny_sweep_config(tmp_path / "data")
+  launch.add_cluster_fields(config)
+  config.slurm.gpus = 2  # not a field
+  with pytest.raises(launch.LaunchError, match=r"config.slurm: unknown field\(s\) \['gpus'\]"):
+    launch.SlurmOptions.from_config(config)
+  path = launch.submitted_path(tmp_path)
+  path.parent.mkdir(parents=True)
+  path.write_text('{"a/b": ')  # cut short
+  with pytest.raises(launch.LaunchError, match=f"{path}: unreadable .*remove it after"):
+    launch.read_submitted(tmp_path)
+  monkeypatch.setenv("PATH", str(tmp_path / "no_slurm_here"))
+  with pytest.raises(launch.LaunchError, match="cannot ask squeue .*on a machine of the cluster"):
+    launch.active_jobs("slurm", ["12_0"])
+  assert launch.active_jobs("slurm", []) == set()  # nothing recorded: squeue not needed
