@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 
 ARCHS = ("resnet50", "densenet121", "vgg19")
+STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn")
 
 # dataset -> (table number, (metric 1, metric 2), {strategy: row}).
 _TABLES: dict[str, tuple[int, tuple[str, str], dict[str, str]]] = {

@@ -16,7 +16,12 @@ STRATEGY_NAMES = {
     "ft": "Full Fine-tuning (FT)", "lp": "Linear Probing (LP)",
     "g_lf": "Grad. Last→First (G-LF)", "g_fl": "Grad. First→Last (G-FL)",
     "lp_ft": "Grad. Last/All (LP-FT)", "l1_sp": "L1-SP Regularization",
-    "l2_sp": "L2-SP Regularization", "auto_rgn": "Auto-RGN"}
+    "l2_sp": "L2-SP Regularization", "auto_rgn": "Auto-RGN",
+    # Beyond the paper (no published values).
+    "llrd": "Layer-wise LR Decay (LLRD)", "bitfit": "BitFit (biases + BN)",
+    "surgical": "Surgical (one block)", "wise_ft": "WiSE-FT (LP/FT mix)",
+    "knn": "k-NN on features", "bss": "Batch Spectral Shrinkage (BSS)",
+    "scheduled": "Scheduled (custom plan)"}
 ARCH_NAMES = {"resnet50": "ResNet-50", "densenet121": "DenseNet-121", "vgg19": "VGG-19"}
 METRIC_NAMES = {"map": "mAP", "auroc": "AUROC", "accuracy": "Accuracy", "kappa": "Kappa",
                 "f1": "F1-Score", "loss": "Loss"}
@@ -141,7 +146,10 @@ def paper_comparison_table(study: Study, dataset: str) -> Table | None:
     return None
   metrics = paper_results.metrics(dataset)
   archs = paper_results.ARCHS
-  strategies = list(STRATEGY_NAMES)
+  # The paper's eight, then any other strategy of the study beside them.
+  strategies = ordered(set(paper_results.STRATEGIES) | set(
+      strategies_of(study.cells, dataset) if dataset in study.cells else ()),
+      tuple(STRATEGY_NAMES))
   header = ["Method"] + [f"{name(ARCH_NAMES, a)} {name(METRIC_NAMES, m)}"
                          for a in archs for m in metrics]
   rows = []
@@ -151,7 +159,10 @@ def paper_comparison_table(study: Study, dataset: str) -> Table | None:
       for m in metrics:
         paper = paper_results.paper_value(dataset, a, s, m)
         ours = study.cells.get(dataset, {}).get(a, {}).get(s, {}).get(m)
-        if ours is None:
+        ours_text = "–" if ours is None else f"{ours[0]:.2f}"
+        if paper is None:  # a strategy the paper did not run
+          row.append(Cell(f"{ours_text} / –"))
+        elif ours is None:
           row.append(Cell(f"– / {paper[0]:.2f}"))
         else:
           row.append(Cell(f"{ours[0]:.2f} / {paper[0]:.2f} ({ours[0] - paper[0]:+.2f})"))
@@ -159,7 +170,8 @@ def paper_comparison_table(study: Study, dataset: str) -> Table | None:
   return Table(f"paper_{dataset}",
                f"Table {paper_results.table_number(dataset)} vs paper: "
                f"{name(DATASET_NAMES, dataset)} (ftjax / paper (difference), %)",
-               header, rows, "'–': no ftjax result for this cell yet.")
+               header, rows, "'–': no ftjax result for this cell yet, or no "
+               "published value (strategies beyond the paper).")
 
 
 def long_rows(study: Study) -> list[dict[str, object]]:

@@ -15,16 +15,17 @@ from typing import Any, Mapping
 
 import optax
 
+from ftjax import paper_results
 from ftjax.models.registry import Arch, get_arch
-from ftjax.strategies import auto_rgn, freezing, sp
-from ftjax.strategies import bss, wise_ft
-from ftjax.strategies import llrd, partial
-from ftjax.strategies.base import LR_NAME, Definition, Strategy, check_options
+from ftjax.strategies import auto_rgn, bss, freezing, knn, llrd, partial, sp, wise_ft
+from ftjax.strategies.base import (LR_NAME, Definition, SharedOptions, Strategy,
+                                   check_options)
 
-MODULES = (freezing, sp, auto_rgn, bss, wise_ft, llrd, partial)
+# The paper's families first, then the strategies beyond it.
+MODULES = (freezing, sp, auto_rgn, llrd, partial, wise_ft, knn, bss)
 DEFINITION: dict[str, Definition] = {d.name: d for m in MODULES for d in m.DEFINITIONS}
 STRATEGIES = tuple(DEFINITION)
-PAPER_STRATEGIES = ("ft", "lp", "g_lf", "g_fl", "lp_ft", "l1_sp", "l2_sp", "auto_rgn")
+PAPER_STRATEGIES = paper_results.STRATEGIES
 DEFAULT_LR = 1e-3
 
 
@@ -103,3 +104,15 @@ def get_strategy(name: str, arch: str | Arch,
                   epoch_start=built.epoch_start, before_update=built.before_update,
                   feature_penalty=built.feature_penalty, finalize=built.finalize,
                   fit=built.fit)
+
+
+def markdown_table() -> str:
+  """The README's strategy table, from the definitions and their options' defaults."""
+  lines = ["| strategy | what trains | options (`strategy_options.*`, defaults) |",
+           "|---|---|---|"]
+  shared = {f.name for f in dataclasses.fields(SharedOptions)}
+  for name, definition in DEFINITION.items():
+    own = [f for f in dataclasses.fields(definition.options) if f.name not in shared]
+    options = ", ".join(f"`{f.name}={f.default}`" for f in own)
+    lines.append(f"| `{name}` | {definition.summary} | {options} |")
+  return "\n".join(lines) + "\n"

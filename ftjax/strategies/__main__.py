@@ -1,0 +1,9 @@
+"""python -m ftjax.strategies: every strategy, what trains and its options (Markdown)."""
+
+from ftjax.strategies.registry import markdown_table, option_docs
+
+if __name__ == "__main__":
+  print(markdown_table())
+  print("Options:\n")
+  for name, doc in option_docs().items():
+    print(f"- `{name}`: {doc}")
