@@ -26,6 +26,7 @@ device: the runs, not the batch, are what is parallel here.
 from __future__ import annotations
 
 import itertools
+import json
 import pathlib
 import sys
 import time
@@ -38,7 +39,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from ftjax import checkpoints, cli_flags, distributed, experiment, loop, step
+from ftjax import checkpoints, cli_flags, distributed, experiment, fit, loop, step
 from ftjax import run as run_lib
 from ftjax.experiment import Experiment, model_variables
 
@@ -87,6 +88,8 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
     run.claim_and_record(experiment.recorded_config(run_config),
                          run_lib.run_identity(run_config, exp.builder))
   group.check_writable()
+  if exp.strategy.fit is not None:
+    return _fit_group(exp, configs, runs, group)
   members = [loop.Member(c, run) for c, run in zip(configs, runs)]
 
   # Each run's optimizer state holds its own learning rate.
@@ -118,6 +121,19 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
                           raise_divergence=False)
   results = loop.finish(exp, runner, state, members, devices=1)
   group_ckpts.close()
+  return results
+
+
+def _fit_group(exp: Experiment, configs: list[ml_collections.ConfigDict],
+               runs: list[run_lib.RunDir], group: run_lib.RunDir) -> list[dict[str, Any]]:
+  """Training-free runs (kNN), each fitted as ftjax.train fits it (a finished one is
+  read back); one features directory, so seeds of one backbone share its features."""
+  results = []
+  for run_config, run in zip(configs, runs):
+    if run.is_finished(run_lib.run_identity(run_config, exp.builder)):
+      results.append(json.loads((run / run.RESULTS).read_text()))
+    else:
+      results.append(fit.fit_and_evaluate(exp, run_config, run, group / "features"))
   return results
 
 

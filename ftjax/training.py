@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from ftjax import distributed, experiment, features, loop, runners, step
+from ftjax import distributed, experiment, features, fit, loop, runners, step
 from ftjax import run as run_lib
 
 
@@ -37,7 +37,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   parallel = distributed.DataParallel()
   parallel.check_divisible(config.batch_size, "config.batch_size")
   parallel.check_divisible(config.eval_batch_size, "config.eval_batch_size")
-  if config.cache_features:
+  if config.cache_features and exp.strategy.fit is None:  # a fit always caches
     features.check_supported(exp.arch, exp.strategy, compute_dtype=exp.compute_dtype)
   run = run_lib.RunDir(workdir)
   fields = run_lib.run_identity(config, exp.builder)
@@ -54,6 +54,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       # The old run moved aside with its lock file: lock the new directory.
       lock.release()
       lock = run.lock()
+    if exp.strategy.fit is not None:  # training-free (kNN)
+      return fit.fit_and_evaluate(exp, config, run, run / "features")
     return _train(exp, run, parallel, max_epochs_this_call)
   finally:
     if lock is not None:
