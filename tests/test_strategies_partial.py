@@ -283,6 +283,21 @@ def test_multirun_group_equals_runs_alone(strategy, kept, data_dir, tmp_path):
   assert group[0]["test"]["loss"] == pytest.approx(alone["test"]["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
+def test_interrupted_bitfit_run_resumes_exactly(data_dir, tmp_path):
+  """bitfit's optimizer state (Adam on the selected leaves only) survives a checkpoint."""
+  config = tiny_config(data_dir, "bitfit", num_epochs=2)
+  straight = training.train_and_evaluate(config, tmp_path / "straight")
+  assert training.train_and_evaluate(config, tmp_path / "sliced", max_epochs_this_call=1) is None
+  resumed = training.train_and_evaluate(config, tmp_path / "sliced")
+  assert {k: resumed[k] for k in ("validation", "test")} == {
+      k: straight[k] for k in ("validation", "test")}
+  a, b = (_leaves(best_checkpoint(tmp_path / name, config)[1])
+          for name in ("straight", "sliced"))
+  for path in a:
+    np.testing.assert_array_equal(a[path], b[path], err_msg=path)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("data")
