@@ -20,7 +20,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.neighbors import KNeighborsClassifier
 
-from ftjax import evaluation, multirun, training
+from ftjax import evaluation, fit, multirun, training
 from ftjax.strategies import knn, registry
 from tests.test_train import tiny_config
 
@@ -236,3 +236,34 @@ def test_multirun_fits_each_seed_like_train(cli_run, data_dir, tmp_path):
 def test_bad_options_are_named(options, message):
   with pytest.raises(ValueError, match=message):
     registry.get_strategy("knn", "resnet18", options)
+
+
+def test_multilabel_run_metrics_equal_sklearn():
+  """fit.metrics_of on multi-label kNN probabilities: scikit-learn's metrics, and the
+  loss as the mean of scikit-learn's log_loss per label."""
+  train_x, classes = _clusters(9, 200, num_classes=3)
+  rng = np.random.default_rng(10)
+  train_y = ((np.eye(3)[classes] + (rng.random((200, 3)) < 0.25)) > 0).astype(int)
+  queries, query_classes = _clusters(11, 80, num_classes=3)
+  labels = ((np.eye(3)[query_classes] + (rng.random((80, 3)) < 0.25)) > 0).astype(int)
+  probabilities = _sklearn_multilabel(train_x, train_y, queries, 11, "euclidean")
+  predictions = fit.FittedPredictions(logits=np.zeros_like(probabilities), labels=labels,
+                                      ids=np.array(["x"] * 80), groups=np.array([""] * 80),
+                                      probabilities=probabilities)
+  ours = fit.metrics_of(predictions, True, ["a", "b", "c"])
+  predicted = (probabilities >= 0.5).astype(int)
+  expected = {
+      "map": skm.average_precision_score(labels, probabilities, average="macro"),
+      "auroc": skm.roc_auc_score(labels, probabilities, average="macro"),
+      "accuracy": np.mean([skm.accuracy_score(labels[:, j], predicted[:, j])
+                           for j in range(3)]),
+      "kappa": np.mean([skm.cohen_kappa_score(labels[:, j], predicted[:, j])
+                        for j in range(3)]),
+      "f1": skm.f1_score(labels, predicted, average="macro", zero_division=0),
+      "loss": np.mean([skm.log_loss(labels[:, j], probabilities[:, j], labels=[0, 1])
+                       for j in range(3)]),
+  }
+  assert 0 < np.count_nonzero(probabilities == 0)  # a label without a vote: clipped loss
+  for name, value in expected.items():
+    assert ours[name] == pytest.approx(value, abs=1e-9), name
+  assert ours["count"] == 80
