@@ -18,12 +18,16 @@ from ftjax import run as run_lib
 from ftjax.data.prepared import prepared_builder
 from ftjax.data import DataError
 from ftjax.models import registry
-from ftjax.strategies import get_strategy
+from ftjax.strategies import get_strategy, uses_lr
 
 def evaluate_run(workdir: str | pathlib.Path, split: str = "test",
                  checkpoint: str = "best") -> dict:
   workdir = pathlib.Path(workdir)
   config = ml_collections.ConfigDict(run_lib.RunDir(workdir).read_config())
+  if not uses_lr(config.strategy):  # training-free (kNN): nothing to restore
+    raise ValueError(f"{workdir}: a {config.strategy!r} run trains no weights and keeps no "
+                     f"checkpoint; its metrics are in {workdir / 'results.json'}, its "
+                     f"predictions in {workdir / 'predictions'}.")
   arch = registry.get_arch(config.arch)
   info, builder = prepared_builder(config, arch)
   model = arch.build(info.num_classes)

@@ -20,7 +20,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.neighbors import KNeighborsClassifier
 
-from ftjax import evaluation, fit, multirun, training
+from ftjax import evaluate, evaluation, fit, multirun, training
 from ftjax.strategies import knn, registry
 from tests.test_train import tiny_config
 
@@ -267,3 +267,9 @@ def test_multilabel_run_metrics_equal_sklearn():
   for name, value in expected.items():
     assert ours[name] == pytest.approx(value, abs=1e-9), name
   assert ours["count"] == 80
+
+
+def test_evaluate_points_to_the_saved_results(cli_run):
+  with pytest.raises(ValueError, match=r"trains no weights and keeps no checkpoint; its "
+                                       r"metrics are in .*results\.json"):
+    evaluate.evaluate_run(cli_run)
