@@ -4,6 +4,7 @@ ResNet-18, and WiSE-FT's coefficients 0 and 1 against plain LP and LP-FT runs
 through ftjax.train and ftjax.multirun."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +116,20 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("data")
 
 
+@pytest.mark.parametrize("strategy,option,value,message", [
+    ("wise_ft", "wise_alphas", "0,2", "wise_alphas '0,2': 2.0 is outside [0, 1]: write "),
+    ("bss", "bss_k", 0, "bss_k must be >= 1, got 0."),
+    ("bss", "bss_weight", -0.001, "bss_weight must be >= 0, got -0.001."),
+])
+def test_bad_option_is_refused_before_anything_is_written(strategy, option, value, message,
+                                                          data_dir, tmp_path):
+  config = tiny_config(data_dir, strategy)
+  config.strategy_options[option] = value
+  with pytest.raises(ValueError, match="^" + re.escape(message)):
+    training.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 def _latest_lp_solution(workdir, config):
   """The LP solution held in a wise_ft run's latest checkpoint, on the host."""
   arch = registry.get_arch(config.arch)
@@ -171,6 +186,7 @@ def test_wise_ft_through_train_equals_lp_and_lp_ft_at_the_ends(data_dir, tmp_pat
     _assert_same_test(tmp_path / "wise", results["wise"], tmp_path / plain, results[plain])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha,plain", [("0", "lp"), ("1", "lp_ft")])
 def test_wise_ft_at_one_coefficient_tests_as_the_plain_run(alpha, plain, data_dir, tmp_path):
   config = tiny_config(data_dir, "wise_ft")
@@ -183,6 +199,7 @@ def test_wise_ft_at_one_coefficient_tests_as_the_plain_run(alpha, plain, data_di
   _assert_same_test(tmp_path / "wise", wise, tmp_path / plain, alone)
 
 
+@pytest.mark.slow
 def test_wise_ft_resumed_after_the_lp_phase_equals_straight(data_dir, tmp_path):
   """Stopped after epoch 1 (the LP phase), before the capture: the resumed call
   captures the LP solution from the restored state."""
@@ -200,6 +217,7 @@ def _group_dir(root, run_config):
                                       run_config.strategy, run_config.lr, run_config.seed)
 
 
+@pytest.mark.slow
 def test_wise_ft_through_multirun_equals_lp_and_lp_ft_groups(data_dir, tmp_path):
   lrs, seeds = (1e-5, 3e-5), (0,)
   config = tiny_config(data_dir, "wise_ft")
