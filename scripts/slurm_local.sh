@@ -144,6 +144,29 @@ SLURM_ARGS=(--launcher slurm --config.slurm.partition=debug --config.slurm.gpus_
 
 fail() { say "FAILED: $*"; exit 1; }
 
+preempt_first_task() {
+  # As SLURM preempts a job: SIGTERM to the first task's step once its run has started.
+  # Prints the task's job id.
+  local run=synthetic/resnet18/ft/lr0.001/seed0 i job
+  for i in $(seq 1 600); do
+    [[ -e "$STATE/runs/$run/config.json" ]] && break
+    sleep 0.5
+  done
+  [[ -e "$STATE/runs/$run/config.json" ]] || return 1
+  job=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["job_id"])' \
+        "$STATE/runs/.submitit/submitted.json" "$run")
+  scancel --signal=TERM "$job" >&2 || true  # checked below, by the task's log
+  # SLURM holds a requeued job for about two minutes (EligibleTime); release it as soon
+  # as the task has requeued itself, to keep CI short.
+  local log=$STATE/runs/.submitit/$job/${job}_0_log.err
+  for i in $(seq 1 600); do
+    grep -q "Requeued job" "$log" 2>/dev/null && break
+    sleep 0.5
+  done
+  scontrol update JobId="$job" StartTime=now >&2 2>/dev/null || true
+  echo "$job"
+}
+
 run_sweep_on_slurm() {
   export JAX_PLATFORMS=cpu  # the jobs inherit the submitting environment
   local out
@@ -151,13 +174,22 @@ run_sweep_on_slurm() {
       --dry_run | tail -n 30
   say "submitting the job array"
   "$PYTHON" -m ftjax.sweep "${SWEEP_ARGS[@]}" "${SLURM_ARGS[@]}" --workdir "$STATE/runs" \
-      --wait --poll_seconds 2 || { tail -n 40 "$STATE"/runs/.submitit/*/*log.err 2>/dev/null;
-                                  fail "the job array did not finish every run"; }
+      --wait --poll_seconds 2 &
+  local sweep_pid=$! job
+  job=$(preempt_first_task) || fail "the first run did not start within 300 s"
+  wait "$sweep_pid" || { tail -n 40 "$STATE"/runs/.submitit/*/*log.err 2>/dev/null;
+                         fail "the job array did not finish every run"; }
+  grep -q "asking to be requeued" "$STATE/runs/.submitit/$job/${job}_0_log.out" \
+    || fail "task $job did not stop at an epoch's end and ask to be requeued"
+  grep -q "resuming after epoch" "$STATE/runs/.submitit/$job/${job}_0_log.out" \
+    || fail "task $job was not requeued, or did not resume from its checkpoint"
+  say "task $job: preempted (SIGTERM), requeued, resumed from its checkpoint"
   out=$("$PYTHON" -m ftjax.sweep "${SWEEP_ARGS[@]}" "${SLURM_ARGS[@]}" --workdir "$STATE/runs")
   echo "$out" | tail -n 1
   grep -q "4 runs: 4 done; 0 to submit." <<<"$out" || fail "a second submit found runs missing"
   say "the same sweep locally, for comparison"
-  "$PYTHON" -m ftjax.sweep "${SWEEP_ARGS[@]}" --workdir "$STATE/local" --devices 1 >/dev/null \
+  "$PYTHON" -m ftjax.sweep "${SWEEP_ARGS[@]}" --workdir "$STATE/local" --devices 1 \
+      --config.compilation_cache_dir="$STATE/runs/.jax_cache" >/dev/null \
       || fail "the local sweep failed"
   "$PYTHON" - "$STATE/runs" "$STATE/local" <<'PY' || fail "SLURM's results differ from the local sweep's"
 import json, pathlib, sys
