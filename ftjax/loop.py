@@ -361,7 +361,9 @@ def write_results(exp: Experiment, member: Member, *, best_epoch: int,
   if jax.process_index() == 0:
     run_lib.write_atomic(path, json.dumps(results, indent=2) + "\n")
   main = ", ".join(f"{m} {test[m]:.4f}" for m in info.main_metrics)
+  trained = (f"best epoch {best_epoch + 1} of {loop.epoch}"
+             f"{' (early stop)' if loop.stopped_early else ''}" if loop.epoch
+             else "no training (fitted on the features)")
   print(f"{info.name} {exp.arch.name} {exp.strategy.name} lr={config.lr:g} "
-        f"seed={config.seed}: best epoch {best_epoch + 1} of {loop.epoch}"
-        f"{' (early stop)' if loop.stopped_early else ''}; test {main} -> {path}")
+        f"seed={config.seed}: {trained}; test {main} -> {path}")
   return results

@@ -311,3 +311,10 @@ def test_rgn_probe_matches_numpy(rgn_setup):
   expected_all = _np_rgn(grad_list, variables["params"], lambda path: False)
   for path, value in jax.tree_util.tree_leaves_with_path(with_bn):
     np.testing.assert_allclose(value, expected_all[path], rtol=1e-5, err_msg=str(path))
+
+
+def test_readme_strategy_table_is_the_registry():
+  import pathlib
+  from ftjax.strategies.registry import markdown_table
+  readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+  assert markdown_table() in readme, "README's strategy table: python -m ftjax.strategies"
