@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -179,3 +180,22 @@ def test_lp_on_cached_features_gives_the_results_of_lp(data_dir, tmp_path):
 def test_cached_features_refuse_strategies_that_train_the_backbone(data_dir, tmp_path):
   with pytest.raises(ValueError, match="cache_features"):
     training.train_and_evaluate(tiny_config(data_dir, "ft", cache_features=True), tmp_path)
+
+
+# A bad option of any strategy is refused before the run directory is written.
+@pytest.mark.parametrize("strategy,option,value,message", [
+    ("surgical", "surgical_block", "layer9",
+     "surgical_block 'layer9' is not a block of resnet18; valid: 'first', 'last', 'stem', "),
+    ("llrd", "llrd_decay", -0.5, "llrd_decay must be >= 0, got -0.5."),
+    ("llrd", "llrd_decay", float("nan"), "llrd_decay must be >= 0, got nan."),
+    ("wise_ft", "wise_alphas", "0,2", "wise_alphas '0,2': 2.0 is outside [0, 1]: write "),
+    ("bss", "bss_k", 0, "bss_k must be >= 1, got 0."),
+    ("bss", "bss_weight", -0.001, "bss_weight must be >= 0, got -0.001."),
+])
+def test_bad_option_is_refused_before_anything_is_written(strategy, option, value, message,
+                                                          data_dir, tmp_path):
+  config = tiny_config(data_dir, strategy)
+  config.strategy_options[option] = value
+  with pytest.raises(ValueError, match="^" + re.escape(message)):
+    training.train_and_evaluate(config, tmp_path / "run")
+  assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -49,7 +49,11 @@ def vgg_lr_scales(model: torch.nn.Module, decay: float) -> dict[str, float]:
 def train_llrd(model, batches, lr: float, scales: dict[str, float], eps: float = 1e-8):
   """One Adam step per batch, each parameter in a group of lr * its scale."""
   groups = [{"params": [p], "lr": lr * scales[n]} for n, p in model.named_parameters()]
-  opt = torch.optim.Adam(groups, lr=lr, eps=eps)
+  return _adam_steps(model, batches, torch.optim.Adam(groups, lr=lr, eps=eps))
+
+
+def _adam_steps(model, batches, opt):
+  """One step of `opt` on the cross-entropy of each batch (cast to the model's dtype)."""
   dtype = next(model.parameters()).dtype
   for batch in batches:
     images, labels = torch_reference._batch(batch, dtype)
@@ -77,13 +81,7 @@ def train_selected(model, batches, lr: float, trainable: set[str], eps: float = 
     p.requires_grad_(name in trainable)
   opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr,
                          eps=eps)
-  dtype = next(model.parameters()).dtype
-  for batch in batches:
-    images, labels = torch_reference._batch(batch, dtype)
-    opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(images), labels).backward()
-    opt.step()
-  return model
+  return _adam_steps(model, batches, opt)
 
 
 def names_under(model: torch.nn.Module, prefixes: tuple[str, ...]) -> set[str]:

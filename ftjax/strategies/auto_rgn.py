@@ -55,10 +55,7 @@ def rgn_scale() -> optax.GradientTransformation:
 
   def update_fn(updates, state, params=None):
     del params
-    out = {name: jax.tree_util.tree_map(lambda u, w: u * w.astype(u.dtype), block,
-                                        state.rgn_weights[name])
-           for name, block in updates.items()}
-    return out, state
+    return transforms.scale_updates(updates, state.rgn_weights), state
 
   return optax.GradientTransformation(init_fn, update_fn)
 

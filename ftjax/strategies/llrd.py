@@ -127,10 +127,7 @@ def scale_by_layer(scales_of: Callable[[Params], Any]) -> optax.GradientTransfor
 
   def update_fn(updates, state, params=None):
     del params
-    out = {name: jax.tree_util.tree_map(lambda u, s: u * s.astype(u.dtype), block,
-                                        state.lr_scales[name])
-           for name, block in updates.items()}
-    return out, state
+    return transforms.scale_updates(updates, state.lr_scales), state
 
   return optax.GradientTransformation(init_fn, update_fn)
 

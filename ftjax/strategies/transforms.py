@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, NamedTuple, Sequence
 
+import jax
 import optax
 
 from ftjax.strategies.base import LR_NAME
@@ -77,3 +78,11 @@ def fresh_state(transform: optax.GradientTransformation, params: Params,
   state = transform.init(params)
   lr = optax.tree_utils.tree_get(old_state, LR_NAME)
   return state if lr is None else optax.tree_utils.tree_set(state, **{LR_NAME: lr})
+
+
+def scale_updates(updates: Params, scales: Params) -> dict[str, Any]:
+  """Each tensor's update times its factor in `scales` (a full params-like tree of
+  scalars; `updates` may hold any subset of its modules)."""
+  return {name: jax.tree_util.tree_map(lambda u, s: u * s.astype(u.dtype), block,
+                                       scales[name])
+          for name, block in updates.items()}
