@@ -81,7 +81,11 @@ EOF
 }
 
 PIDS=()
+STARTED_MUNGE=0
 stop_daemons() {
+  if [[ $STARTED_MUNGE == 1 && -s /run/munge/munged.pid ]]; then
+    PIDS+=("$(cat /run/munge/munged.pid)")
+  fi
   for pid in "${PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
@@ -112,6 +116,7 @@ start_daemons() {
   if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     runuser -u munge -- /usr/sbin/munged --force 2>"$STATE/log/munged.err" \
       || cannot_run "munged did not start"
+    STARTED_MUNGE=1
     sleep 1
   fi
   export SLURM_CONF=$STATE/slurm.conf
