@@ -264,11 +264,12 @@ def plan(sweep_config: ml_collections.ConfigDict, workdir: pathlib.Path,
   failed max_attempts times) -- the local sweep's rules, plus the queue."""
   states = {s: sweep.status(s.directory(workdir), sweep.expected_identity(
       s.config(sweep_config.base))) for s in specs}
+  unfinished = {s.name for s in specs if states[s] not in NOT_SUBMITTED}
   recorded = {name: str(entry.get("job_id")) for name, entry in read_submitted(workdir).items()
-              if isinstance(entry, dict) and entry.get("launcher") == launcher}
+              if isinstance(entry, dict) and entry.get("launcher") == launcher
+              and name in unfinished}  # the queue is asked only about what is missing
   alive = active_jobs(launcher, sorted(set(recorded.values())))
-  queued = {s: recorded[s.name] for s in specs if recorded.get(s.name) in alive
-            and states[s] not in NOT_SUBMITTED}
+  queued = {s: recorded[s.name] for s in specs if recorded.get(s.name) in alive}
   skipped = {}
   for spec in specs:
     reason = sweep.not_retried(spec.directory(workdir), retry_diverged=retry_diverged,
