@@ -39,7 +39,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from ftjax import checkpoints, cli_flags, distributed, experiment, fit, loop, step
+from ftjax import checkpoints, cli_flags, compile_cache, distributed, experiment, fit, loop, step
 from ftjax import run as run_lib
 from ftjax.experiment import Experiment, model_variables
 
@@ -246,6 +246,11 @@ def _floats(text: str) -> list[float]:
 
 
 def main(argv) -> None:
+  # The persistent compilation cache, on by default: groups of one arch x strategy
+  # compile the same programs (<workdir>/.jax_cache; --compilation_cache_dir='' off).
+  compile_cache.enable(compile_cache.directory(
+      {"compilation_cache_dir": flags.FLAGS.compilation_cache_dir}, flags.FLAGS.workdir))
+
   def run(config):
     lrs = _floats(flags.FLAGS.lrs) if flags.FLAGS.lrs else [config.lr]
     seeds = [int(x) for x in _floats(flags.FLAGS.seeds)] if flags.FLAGS.seeds else [config.seed]
@@ -261,6 +266,8 @@ if __name__ == "__main__":
                                   "dataset, arch and strategy).")
   flags.DEFINE_string("lrs", None, "comma-separated learning rates (default: config.lr)")
   flags.DEFINE_string("seeds", None, "comma-separated seeds (default: config.seed)")
+  flags.DEFINE_string("compilation_cache_dir", None, "persistent JAX compilation cache "
+                      "(default <workdir>/.jax_cache; '' for none)")
   flags.DEFINE_string("workdir", "runs", "root of the run directories "
                       "(<dataset>/<arch>/<strategy>/lr<lr>/seed<seed>/ under it)")
   app.run(main, flags_parser=cli_flags.parse)
