@@ -20,6 +20,7 @@ from configs import sweep_demo, sweep_paper
 from ftjax import run as run_lib
 from ftjax import evaluation, paper_results, report, sweep
 from ftjax.report import compare, tables
+from ftjax.strategies import get_strategy
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 METRICS = ("loss", "map", "accuracy", "auroc", "kappa", "f1")
@@ -116,6 +117,36 @@ def test_paper_grid_has_1728_runs_and_subsets():
   assert (run.dataset, run.arch, run.strategy, run.lr, run.seed) == (
       spec.dataset, spec.arch, spec.strategy, spec.lr, spec.seed)
   assert config.base.dataset == "isic2020"  # the base is copied, not changed
+
+
+
+def test_extended_grid_adds_six_strategies_and_runs_knn_once_per_seed():
+  from configs import sweep_extended
+  config = sweep_extended.get_config()
+  runs = sweep.grid(config)
+  trained = len(sweep_paper.STRATEGIES) + len(sweep_extended.EXTENDED_STRATEGIES) - 1
+  assert len(runs) == 8 * 3 * (trained * 3 * 3 + 1 * 3)  # knn: no lr, one run per seed
+  knn = [r for r in runs if r.strategy == "knn"]
+  assert {r.lr for r in knn} == {config.lrs[0]} and len(knn) == 8 * 3 * 3
+  for name in sweep_extended.EXTENDED_STRATEGIES:  # each one a registered strategy
+    get_strategy(name, "resnet50")
+  own = sweep.grid(sweep_extended.get_config("knee_xr,bach"))
+  assert {r.dataset for r in own} == {"knee_xr", "bach"}
+
+
+def test_report_shows_new_strategies_beside_the_papers_without_a_paper_value(tmp_path):
+  root = tmp_path / "runs"
+  for strategy, acc in (("ft", 0.80), ("llrd", 0.83)):
+    for seed in (0, 1):
+      write_result(root, sweep.RunSpec("bach", "densenet121", strategy, 1e-4, seed),
+                   {"accuracy": 0.7}, {"accuracy": acc, "kappa": 0.6},
+                   main_metrics=("accuracy", "kappa"))
+  md = report.write_report(root, tmp_path / "out")["report.md"].read_text()
+  row = next(line for line in md.splitlines()
+             if line.startswith("| Layer-wise LR Decay (LLRD)") and " / " in line)
+  assert "83.00 / –" in row and "(+" not in row  # no published value to compare with
+  assert any(line.startswith("| Full Fine-tuning (FT)") and "80.00 / 67.50 (+12.50)" in line
+             for line in md.splitlines())
 
 
 # --- Sweep: kill and restart, then the report on real runs ------------------------
