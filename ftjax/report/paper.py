@@ -44,7 +44,7 @@ def rope_table12(rope: float) -> tuple[tables.Table, dict[str, list[int]]]:
   archs = list(paper_results.ARCHS)
   totals: dict[str, list[int]] = {}
   rows = []
-  for strategy in [s for s in tables.STRATEGY_NAMES if s != compare.BASELINE]:
+  for strategy in [s for s in paper_results.STRATEGIES if s != compare.BASELINE]:
     per_arch, total = [], [0, 0, 0]
     for arch in archs:
       tally = [0, 0, 0]
