@@ -54,6 +54,7 @@ from ftjax import run as run_lib
 from ftjax.data import pipeline
 from ftjax.models import registry
 from ftjax.strategies import partition
+from ftjax.strategies.base import HOOKS
 from ftjax.strategies.registry import Strategy
 
 HEAD = partition.HEAD
@@ -166,9 +167,7 @@ def check_supported(arch: str | registry.Arch, strategy: Strategy, *,
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
   fix = "or set config.cache_features=False"
   head_only = all(phase.trainable == {HEAD} for phase in strategy.plan.phases)
-  hooks = (strategy.epoch_start, strategy.before_update, strategy.feature_penalty,
-           strategy.finalize, strategy.fit)
-  if not head_only or any(h is not None for h in hooks):
+  if not head_only or any(getattr(strategy, hook) is not None for hook in HOOKS):
     raise ValueError(f"config.cache_features=True needs strategy 'lp' or another that "
                      f"trains only the head, with no hooks (the backbone's output is then "
                      f"fixed); got {strategy.name!r}. Use config.strategy='lp', {fix}.")

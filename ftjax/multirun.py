@@ -152,7 +152,7 @@ class GroupRunner:
     # Each run's row of the per-seed batches (unused with one shared stream).
     self.seed_row = jnp.asarray([self.seeds.index(s) for s in run_seeds])
     self.shared = len(self.seeds) == 1
-    self.lrs = jnp.asarray([m.config.lr for m in members], jnp.float32)
+    self.count = len(members)  # each run's lr is in its optimizer state
     keys = [jax.random.split(jax.random.key(s)) for s in run_seeds]
     self.step_keys = jnp.stack([k[0] for k in keys])
     self.probe_keys = jnp.stack([k[1] for k in keys])
@@ -220,13 +220,13 @@ class GroupRunner:
       state, log = self._start(state, hook_batches, epoch)
       if log is not None:
         log = jax.device_get(log)  # the steps donate the state it may be part of
-        epoch_log = [_unstack(log, i) for i in range(len(self.lrs))]
+        epoch_log = [_unstack(log, i) for i in range(self.count)]
     global_step = int(state.step[0])
-    bar = loop.progress_bar(config, epoch, exp.steps_per_epoch, f"{len(self.lrs)} runs")
+    bar = loop.progress_bar(config, epoch, exp.steps_per_epoch, f"{self.count} runs")
     state, losses = loop.run_steps(
         lambda s, batch, i: advance(s, batch, global_step + i), state,
         self.device.prefetch(itertools.chain(first, batches), config.prefetch), bar,
-        config.batch_size * len(self.lrs))
+        config.batch_size * self.count)
     step_losses = np.asarray(jax.device_get(losses), np.float32)  # [steps, runs]
     return loop.EpochResult(state, step_losses, global_step, time.perf_counter() - start,
                             epoch_log)

@@ -30,6 +30,8 @@ from ftjax.models.registry import Arch
 from ftjax.strategies import schedules
 
 LR_NAME = "learning_rate"
+# The optional hooks, fields of both Built and Strategy (the module docstring).
+HOOKS = ("epoch_start", "before_update", "feature_penalty", "finalize", "fit")
 
 
 def option(default: Any, doc: str, *, choices: tuple[Any, ...] | None = None,

@@ -18,7 +18,7 @@ import optax
 from ftjax import paper_results
 from ftjax.models.registry import Arch, get_arch
 from ftjax.strategies import auto_rgn, bss, freezing, knn, llrd, partial, sp, wise_ft
-from ftjax.strategies.base import (LR_NAME, Definition, SharedOptions, Strategy,
+from ftjax.strategies.base import (HOOKS, LR_NAME, Definition, SharedOptions, Strategy,
                                    check_options)
 
 # The paper's families first, then the strategies beyond it.
@@ -101,9 +101,7 @@ def get_strategy(name: str, arch: str | Arch,
   return Strategy(name=name, transform=transform, plan=built.plan,
                   bn_mode=options.bn_mode, options=options,
                   hparams={"lr": lr, **dataclasses.asdict(options)},
-                  epoch_start=built.epoch_start, before_update=built.before_update,
-                  feature_penalty=built.feature_penalty, finalize=built.finalize,
-                  fit=built.fit)
+                  **{hook: getattr(built, hook) for hook in HOOKS})
 
 
 def markdown_table() -> str:
