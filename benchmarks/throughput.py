@@ -40,8 +40,8 @@ goes down, so read it for the largest configuration. `compiled_bytes` is XLA's
 static size of the step's buffers (arguments + outputs - donated + temporaries),
 per configuration and on every backend.
 
-Auto-RGN: its per-epoch work, the probe (`step.make_rgn_probe`) and the
-optimizer's re-creation (`step.start_rgn_epoch`), is timed too and spread over
+Auto-RGN: its per-epoch work, the probe (`auto_rgn.make_probe`) and the
+optimizer's re-creation (`auto_rgn.start_epoch`), is timed too and spread over
 --steps-per-epoch steps.
 
 Everything runs on one device, the first. With --compare torch the same step
@@ -77,7 +77,7 @@ import tqdm
 
 from ftjax import step as step_lib
 from ftjax.models import registry
-from ftjax.strategies import STRATEGIES, get_strategy
+from ftjax.strategies import STRATEGIES, auto_rgn, get_strategy
 
 PAPER_ARCHS = registry.PAPER_ARCHS
 SMOKE_STRATEGIES = ("ft", "lp", "g_lf", "auto_rgn")
@@ -338,8 +338,9 @@ def _bench_rgn_epoch(model, strategy, state, host, s: Settings, loss, compute_dt
   Compiled at XLA's default level even with --fast-compile: at the lowest
   level the probe's scan runs ~20x slower than the steps it stands for.
   """
-  probe = step_lib.make_rgn_probe(model, strategy, loss=loss, bn_mode=strategy.bn_mode,
-                                  compute_dtype=compute_dtype)
+  probe = auto_rgn.make_probe(
+      step_lib.grad_fn_factory(model, loss=loss, bn_mode=strategy.bn_mode,
+                               compute_dtype=compute_dtype), rgn_bn=strategy.epoch_start.bn)
   count = strategy.epoch_start.batches
   batches = jax.device_put({k: np.stack([v] * count) for k, v in host.items()}, device)
   key = jax.random.key(s.seed + 1)
@@ -355,7 +356,7 @@ def _bench_rgn_epoch(model, strategy, state, host, s: Settings, loss, compute_dt
   reset_times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    fresh = jax.block_until_ready(step_lib.start_rgn_epoch(state, strategy, weights))
+    fresh = jax.block_until_ready(auto_rgn.start_epoch(state, strategy.transform, weights))
     reset_times.append(time.perf_counter() - start)
     del fresh
   probe_ms = 1e3 * statistics.median(probe_times)

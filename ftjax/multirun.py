@@ -187,8 +187,9 @@ class GroupRunner:
 
   def _start_epoch(self, states, batches, epoch):
     exp = self.exp
-    start = exp.strategy.epoch_start.traceable(exp.model, exp.strategy, loss=exp.loss_name,
-                                               compute_dtype=exp.compute_dtype)
+    start = exp.strategy.epoch_start.traceable(step.grad_fn_factory(
+        exp.model, loss=exp.loss_name, bn_mode=exp.strategy.bn_mode,
+        compute_dtype=exp.compute_dtype), exp.strategy)
 
     def one(run_state, run_batches, key):
       return start(run_state, run_batches, jax.random.fold_in(key, epoch))

@@ -48,8 +48,9 @@ class StepRunner:
     weights from them, then a fresh Adam); returns the state and the hook's log."""
     exp, hook = self.exp, self.exp.strategy.epoch_start
     if self._epoch_start is None:
-      self._epoch_start = hook.jitted(exp.model, exp.strategy, loss=exp.loss_name,
-                                      compute_dtype=exp.compute_dtype)
+      self._epoch_start = hook.jitted(step.grad_fn_factory(
+          exp.model, loss=exp.loss_name, bn_mode=exp.strategy.bn_mode,
+          compute_dtype=exp.compute_dtype), exp.strategy)
     batches = self.parallel.shard_stacked(experiment.stack_batches(first)) if first else None
     state, log = self._epoch_start(state, batches, jax.random.fold_in(self.probe_rng, epoch))
     # On the host now: the train steps donate the state the log may be part of.
