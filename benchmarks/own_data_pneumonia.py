@@ -49,7 +49,7 @@ def export_folders(npz: pathlib.Path, root: pathlib.Path) -> dict[str, int]:
 
 def ftjax_runs(args, data_dir: pathlib.Path, work: pathlib.Path) -> dict[str, dict]:
   from configs import base  # pylint: disable=import-outside-toplevel
-  from ftjax import training  # pylint: disable=import-outside-toplevel
+  from ftjax.engine import training  # pylint: disable=import-outside-toplevel
   out = {}
   for strategy in args.strategies:
     config = base.get_config(f"pneumonia_subset,{strategy},{args.arch}")

@@ -9,7 +9,7 @@ import ml_collections
 
 from ftjax import run as run_lib
 from ftjax.data import DataError
-from ftjax.loop import TrainingDivergedError
+from ftjax.engine.loop import TrainingDivergedError
 
 
 def parse(argv: list[str]) -> list[str]:

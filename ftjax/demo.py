@@ -14,7 +14,7 @@ import time
 
 from absl import logging
 
-from ftjax.training import train_and_evaluate
+from ftjax.engine.training import train_and_evaluate
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 

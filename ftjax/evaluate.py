@@ -13,7 +13,8 @@ import sys
 from absl import app, flags, logging
 import ml_collections
 
-from ftjax import checkpoints, cli_flags, evaluation, step
+from ftjax import cli_flags, step
+from ftjax.engine import checkpoints, evaluation
 from ftjax import run as run_lib
 from ftjax.data.prepared import prepared_builder
 from ftjax.data import DataError

@@ -45,7 +45,8 @@ import ml_collections
 from ml_collections import config_dict
 import submitit
 
-from ftjax import compile_cache, loop, sweep
+from ftjax import compile_cache, sweep
+from ftjax.engine import loop
 from ftjax import run as run_lib
 
 LAUNCHERS = sweep.LAUNCHERS

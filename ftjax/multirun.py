@@ -39,9 +39,10 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from ftjax import checkpoints, cli_flags, compile_cache, distributed, experiment, fit, loop, step
+from ftjax import cli_flags, compile_cache, distributed, step
+from ftjax.engine import checkpoints, experiment, fit, loop
 from ftjax import run as run_lib
-from ftjax.experiment import Experiment, model_variables
+from ftjax.engine.experiment import Experiment, model_variables
 
 
 def run_configs(config: ml_collections.ConfigDict, lrs: Sequence[float],

@@ -3,10 +3,10 @@
   <workdir>/config.json     the full config of the run
   <workdir>/identity.json   every field that can change the result, and its hash
   <workdir>/metrics.jsonl   one line per epoch (rgn.jsonl: Auto-RGN's weights)
-  <workdir>/checkpoints/    latest and best (ftjax.checkpoints)
+  <workdir>/checkpoints/    latest and best (ftjax.engine.checkpoints)
   <workdir>/results.json    written once, when the run has finished
   <workdir>/predictions/    validation.npz and test.npz: the best epoch's per-example
-                            scores, labels, ids and patient ids (ftjax.evaluation),
+                            scores, labels, ids and patient ids (ftjax.engine.evaluation),
                             written just before results.json
   <workdir>/lock            flock held by the process training the run
 

@@ -7,7 +7,7 @@ one `ftjax.train` run per cell, in <workdir>/<dataset>/<arch>/<strategy>/lr<lr>/
   its checkpoint (train_and_evaluate does that); a failed run is retried by the
   next sweep, at most --max_attempts times in all (then it is listed as given up
   until --retry_failed).
-- A run whose training loss became NaN/Inf (ftjax.loop.TrainingDivergedError)
+- A run whose training loss became NaN/Inf (ftjax.engine.loop.TrainingDivergedError)
   would diverge again from the same config, so it is recorded in
   <run>/diverged.json, listed as diverged (not failed, exit status unaffected)
   and not retried by later sweeps unless --retry_diverged.
@@ -210,7 +210,7 @@ def run_in_process(spec: RunSpec, config: ml_collections.ConfigDict, run_dir: pa
                    device: str | None = None) -> None:
   """Trains the run in this process (raises on failure)."""
   del spec, device
-  from ftjax import loop, training  # pylint: disable=import-outside-toplevel
+  from ftjax.engine import loop, training  # pylint: disable=import-outside-toplevel
   try:
     results = training.train_and_evaluate(config, run_dir, lock_held=True)
   except loop.TrainingDivergedError as error:

@@ -1,7 +1,7 @@
 """python -m ftjax.train --config configs/isic_lp.py --workdir runs/isic_lp
 
 Trains one (dataset, architecture, strategy, learning rate, seed) run with the
-paper's protocol (`ftjax.training.train_and_evaluate`). Rerunning the same
+paper's protocol (`ftjax.engine.training.train_and_evaluate`). Rerunning the same
 command resumes after the last finished epoch; a finished run says so and exits.
 
 Writes into the workdir: config.json, identity.json, metrics.jsonl (one line
@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from ftjax import cli_flags
 from ftjax import run as run_lib
-from ftjax.training import train_and_evaluate
+from ftjax.engine.training import train_and_evaluate
 
 
 def default_workdir(config: ml_collections.ConfigDict) -> str:

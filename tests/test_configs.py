@@ -11,7 +11,8 @@ import pytest
 
 from configs import base, sweep_paper
 from ftjax import run as run_lib
-from ftjax import sweep, training
+from ftjax import sweep
+from ftjax.engine import training
 from ftjax.data.prepared import dataset_options, prepared_builder
 from ftjax.data import DataError
 from ftjax.models import registry

@@ -18,7 +18,8 @@ import sklearn.metrics
 
 from configs import sweep_demo, sweep_paper
 from ftjax import run as run_lib
-from ftjax import evaluation, paper_results, report, sweep
+from ftjax import paper_results, report, sweep
+from ftjax.engine import evaluation
 from ftjax.report import compare, tables
 from ftjax.strategies import get_strategy
 
@@ -578,7 +579,7 @@ def test_other_failures_are_retried_a_bounded_number_of_times(tmp_path):
 
 
 def test_in_process_divergence_is_recognised(tmp_path, monkeypatch):
-  from ftjax import loop, training  # pylint: disable=import-outside-toplevel
+  from ftjax.engine import loop, training  # pylint: disable=import-outside-toplevel
 
   def diverge(config, workdir, **kwargs):
     raise loop.TrainingDivergedError("training loss is inf at epoch 1/1, step 1")

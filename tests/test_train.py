@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import base, demo
-from ftjax import checkpoints, evaluate, step, training
+from ftjax import evaluate, step
+from ftjax.engine import checkpoints, training
 from ftjax.data import DataError
 from ftjax.models import registry
 from ftjax.strategies import STRATEGIES, uses_lr

@@ -18,7 +18,8 @@ from ftjax.strategies import get_strategy
 def bench_e2e(args, arch_name: str, strategy_name: str, phase: int,
               settings: Settings) -> dict[str, Any]:
   """The loader feeding the step as in `ftjax.train`: host batch -> device per step."""
-  from ftjax import distributed, experiment  # pylint: disable=import-outside-toplevel
+  from ftjax import distributed  # pylint: disable=import-outside-toplevel
+  from ftjax.engine import experiment  # pylint: disable=import-outside-toplevel
   from ftjax.data import pipeline  # pylint: disable=import-outside-toplevel
   s = settings
   arch = registry.get_arch(arch_name)

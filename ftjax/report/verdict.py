@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from ftjax import evaluation
+from ftjax.engine import evaluation
 from ftjax import run as run_lib
 from ftjax.report import stats, tables
 from ftjax.report.collect import Key, Record, Study

@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax import distributed, experiment, features, loop, step
-from ftjax.experiment import Experiment, model_variables
+from ftjax import distributed, step
+from ftjax.engine import experiment, features, loop
+from ftjax.engine.experiment import Experiment, model_variables
 
 
 class StepRunner:

@@ -23,10 +23,10 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ftjax import checkpoints, evaluation
+from ftjax.engine import checkpoints, evaluation
 from ftjax import run as run_lib
 from ftjax.data.prepared import dataset_options
-from ftjax.experiment import Experiment, check_metric
+from ftjax.engine.experiment import Experiment, check_metric
 from ftjax.logging_utils import MetricWriter
 
 

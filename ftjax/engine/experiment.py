@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ftjax import evaluation, metrics, step
+from ftjax import metrics, step
+from ftjax.engine import evaluation
 from ftjax.data import DataError, pipeline
 from ftjax.data.prepared import dataset_options, prepared_builder
 from ftjax.models import init_variables, load_pretrained, registry
