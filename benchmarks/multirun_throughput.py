@@ -24,7 +24,7 @@ import time
 import jax
 
 from configs import base
-from ftjax import multirun
+from ftjax.engine import group as multirun
 from ftjax.engine import experiment, training
 
 

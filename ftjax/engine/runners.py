@@ -5,7 +5,7 @@ shuffled loader, data-parallel over the devices, after the strategy's
 epoch-start hook (Auto-RGN's probe and fresh Adam) when it has one.
 `CachedFeatureRunner` trains an LP epoch as one compiled scan over the
 backbone's cached features and validates on them. The vmapped group runner is
-`ftjax.multirun.GroupRunner`.
+`ftjax.engine.group.GroupRunner`.
 """
 
 from __future__ import annotations
