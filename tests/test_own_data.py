@@ -137,8 +137,10 @@ def test_csv_multiclass_integer_labels_patients_and_split_column(tmp_path, capsy
     rows.append([path, str([0, 2, 10][k % 3]), f"pt{k // 2}", split])
     truth[path] = [0, 2, 10][k % 3]
   write_csv(m / "labels.csv", ["Image", "Target", "patient_id", "split"], rows)
+  # integers with gaps are names only when declared (else classes 1, 3.. would be empty)
   _, out, _ = prepare(capsys, "--dataset", "csv", "--name", "tab", "--manual_dir", m,
-                      "--option", "val_fraction=0.25", data_dir=tmp_path / "d")
+                      "--option", "val_fraction=0.25", "--option", "classes=0,2,10",
+                      data_dir=tmp_path / "d")
   builder = builder_of("tab", tmp_path / "d")
   names = builder.info.features["label"].names
   assert names == ["0", "2", "10"]  # integers in numeric order
@@ -167,8 +169,9 @@ def test_csv_multilabel(tmp_path, capsys, layout):
       rows.append([f"{k}.png", "|".join(present)])
   header = ["file"] + list(findings) if layout == "columns" else ["file", "findings"]
   write_csv(m / "t.csv", header, rows)
+  declared = ["--option", "multilabel=true"] if layout == "delimited" else []
   _, out, _ = prepare(capsys, "--dataset", "csv", "--name", "chest", "--manual_dir", m,
-                      data_dir=tmp_path / "d")
+                      *declared, data_dir=tmp_path / "d")
   assert "multi-label" in out
   info = get_dataset("chest", tmp_path / "d")
   assert info.multilabel and info.main_metrics == ("map", "auroc")
@@ -297,9 +300,9 @@ def test_compressed_dicom_without_handler_names_the_extra(tmp_path, capsys):
 
 
 def two_class_folder(root: Path, n=10) -> Path:
-  for label in ("a", "b"):
+  for k, label in enumerate(("a", "b")):
     for i in range(n):
-      write_image(root / label / f"{i}.png", seed=i)
+      write_image(root / label / f"{i}.png", seed=100 * k + i)  # no two images alike
   return root
 
 

@@ -154,6 +154,14 @@ def read_csv(path: Path, required: Sequence[str], where: str = "", *, delimiter:
   not a complete CSV with the required columns: empty, not UTF-8, a missing
   column, a row with too few or too many fields, broken quoting. ``fix`` replaces
   the default advice (use the dataset's original file)."""
+  columns, records = read_csv_records(path, required, where, delimiter=delimiter, fix=fix)
+  return [dict(zip(columns, fields)) for _, fields in records]
+
+
+def read_csv_records(path: Path, required: Sequence[str], where: str = "", *,
+                     delimiter: str = ",", fix: str = "") -> tuple[list[str], Iterator]:
+  """(header, an iterator of (row number, stripped fields)): ``read_csv`` without a
+  dict per row, read as it is consumed (checked as ``read_csv`` is)."""
   import csv
   import io
   require_file(path, "CSV file", where)
@@ -167,27 +175,37 @@ def read_csv(path: Path, required: Sequence[str], where: str = "", *, delimiter:
     line = data[:exc.start].count(b"\n") + 1
     raise DataError(f"{path} row {line}: not UTF-8 text (byte {data[exc.start]:#04x} at "
                     f"offset {exc.start}). {fix}") from None
+  del data
   reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
-  rows = []
   try:
     columns = [c.strip() for c in next(reader)]
-    validate.check_columns(path, columns, f"{fix} {NOT_SKIPPED}")
-    missing = [c for c in required if c not in columns]
-    if missing:
-      raise DataError(f"{path}: missing column(s) {missing} (found {columns}). {fix}")
-    for fields in reader:
-      if not fields:  # a blank line
-        continue
-      if len(fields) != len(columns):
-        raise DataError(f"{path} row {reader.line_num}: {len(fields)} fields where the header "
-                        f"has {len(columns)} (a truncated or damaged line). {fix} {NOT_SKIPPED}")
-      rows.append({k: v.strip() for k, v in zip(columns, fields)})
   except csv.Error as exc:
     raise DataError(f"{path} row {reader.line_num}: not valid CSV ({exc}; an unclosed quote "
                     f"or a truncated file). {fix}") from None
-  if not rows:
+  validate.check_columns(path, columns, f"{fix} {NOT_SKIPPED}")
+  missing = [c for c in required if c not in columns]
+  if missing:
+    raise DataError(f"{path}: missing column(s) {missing} (found {columns}). {fix}")
+  return columns, _csv_rows(path, reader, len(columns), fix)
+
+
+def _csv_rows(path: Path, reader, width: int, fix: str) -> Iterator[tuple[int, list[str]]]:
+  import csv
+  count = 0
+  try:
+    for fields in reader:
+      if not fields:  # a blank line
+        continue
+      if len(fields) != width:
+        raise DataError(f"{path} row {reader.line_num}: {len(fields)} fields where the header "
+                        f"has {width} (a truncated or damaged line). {fix} {NOT_SKIPPED}")
+      count += 1
+      yield reader.line_num, [v.strip() for v in fields]
+  except csv.Error as exc:
+    raise DataError(f"{path} row {reader.line_num}: not valid CSV ({exc}; an unclosed quote "
+                    f"or a truncated file). {fix}") from None
+  if not count:
     raise DataError(f"{path}: has a header but no rows (a truncated download?). {fix}")
-  return rows
 
 
 class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -365,18 +383,7 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     root = None
     if self.MANUAL_DOWNLOAD_INSTRUCTIONS:
       root = Path(os.fspath(dl_manager._manual_dir))  # pylint: disable=protected-access
-    self._notes: dict[str, Any] = {}
-    self._ignored: list[str] = []
-    splits = self._list_examples(root)
-    validate.check_examples(splits, root)
-    for split, examples in splits.items():
-      if not examples:
-        sizes = {s: len(e) for s, e in splits.items()}
-        raise DataError(f"{root or self.name}: split '{split}' of {self.name} "
-                        f"({self.builder_config.name}) is empty (examples per split: {sizes}). "
-                        "Raise the option that sizes it (val_fraction, test_fraction, num_test, "
-                        "...) or check that manual_dir holds the complete download. "
-                        f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS or ''}".rstrip())
+    splits = self.list_splits(root)
     config = dataclasses.asdict(self.builder_config)
     for k in ("release_notes", "supported_versions", "tags", "description", "version"):
       config.pop(k, None)
@@ -393,6 +400,26 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     })
     return {split: self._generate_examples(split, examples)
             for split, examples in splits.items()}
+
+  def list_splits(self, root: Path | None) -> dict[str, list[Example]]:
+    """The checked examples of each split: what ``prepare`` stores (nothing is decoded)."""
+    self._notes: dict[str, Any] = {}
+    self._ignored: list[str] = []
+    splits = self._list_examples(root)
+    validate.check_examples(splits, root)
+    for split, examples in splits.items():
+      if not examples:
+        sizes = {s: len(e) for s, e in splits.items()}
+        raise DataError(f"{root or self.name}: split '{split}' of {self.name} "
+                        f"({self.builder_config.name}) is empty (examples per split: {sizes}). "
+                        "Raise the option that sizes it (val_fraction, test_fraction, num_test, "
+                        "...) or check that manual_dir holds the complete download. "
+                        f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS or ''}".rstrip())
+    self.check_splits(splits, root)
+    return splits
+
+  def check_splits(self, splits: dict[str, list[Example]], root: Path | None) -> None:
+    """A builder's own checks of the final splits (none here)."""
 
   def ignore(self, path: str | os.PathLike, reason: str) -> None:
     """Lists a file of the layout that is not used (shown in the prepare summary)."""

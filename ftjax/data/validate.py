@@ -165,11 +165,30 @@ def check_examples(splits: dict[str, list], root: Path | None) -> None:
       files[resolved] = where
 
 
-def walk(folder: Path, image_suffixes: Sequence[str] = ()) -> Iterator[Path]:
+def is_hidden(name: str) -> bool:
+  """A hidden file or folder ('.DS_Store', '.ipynb_checkpoints'): never data."""
+  return name.startswith(".")
+
+
+def hidden_files(path: Path) -> list[Path]:
+  """``path`` if it is a file (or a link), else every file under the folder."""
+  if path.is_symlink() or not path.is_dir():
+    return [path]
+  return [Path(parent) / name for parent, _, names in os.walk(path) for name in names]
+
+
+def walk(folder: Path, image_suffixes: Sequence[str] = (),
+         hidden: list[Path] | None = None) -> Iterator[Path]:
   """Every file under ``folder`` (sorted). A symbolic link to a folder, and a folder
-  named like an image (``image1.png/``), are DataErrors."""
+  named like an image (``image1.png/``), are DataErrors. With a ``hidden`` list, the
+  files in hidden folders and the hidden files are added to it instead."""
   for parent, dirs, names in os.walk(folder):
     parent_path = Path(parent)
+    if hidden is not None:
+      for name in sorted(n for n in dirs + names if is_hidden(n)):
+        hidden.extend(hidden_files(parent_path / name))
+      dirs[:] = [n for n in dirs if not is_hidden(n)]
+      names = [n for n in names if not is_hidden(n)]
     for name in sorted(dirs):
       path = parent_path / name
       if path.is_symlink():
