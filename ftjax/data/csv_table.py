@@ -30,6 +30,7 @@ says which option to set.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -140,22 +141,34 @@ def choose(path: Path, columns: Sequence[str], given: str, names: Sequence[str],
 
 
 def read_columns(path: Path, fix: str) -> dict[str, list[str]]:
-  """Column -> its values, read in one pass. A value repeated in a column (a label, a
-  split, a patient) is one string object however many rows hold it."""
+  """Column -> its values, read in one pass, a chunk of rows at a time. A value
+  repeated in a column (a label, a split, a patient) is kept as one string object."""
   header, records = read_csv_records(path, (), delimiter=delimiter_of(path), fix=fix)
   values: list[list[str]] = [[] for _ in header]
-  seen: list[dict[str, str] | None] = [{} for _ in header]
+  kept: list[dict[str, str] | None] = [{} for _ in header]
+  chunk: list[list[str]] = []
   for _, fields in records:
-    for j, value in enumerate(fields):
-      kept = seen[j]
-      if kept is not None:
-        value = kept.setdefault(value, value)
-        if len(kept) > _DISTINCT_KEPT:  # a column of distinct values (the paths)
-          seen[j] = None
-      values[j].append(value)
+    chunk.append(fields)
+    if len(chunk) == _CHUNK:
+      _add_chunk(values, kept, chunk)
+      chunk = []
+  _add_chunk(values, kept, chunk)
   return dict(zip(header, values))
 
 
+def _add_chunk(values: list[list[str]], kept: list[dict[str, str] | None],
+               chunk: list[list[str]]) -> None:
+  for j, column in enumerate(zip(*chunk)):
+    same = kept[j]
+    if same is None:
+      values[j].extend(column)
+      continue
+    values[j].extend(map(same.setdefault, column, column))
+    if len(same) > _DISTINCT_KEPT:  # a column of distinct values (the paths)
+      kept[j] = None
+
+
+_CHUNK = 8192
 _DISTINCT_KEPT = 4096
 FLAGS = {"0": False, "0.0": False, "1": True, "1.0": True}
 
@@ -324,14 +337,14 @@ class CsvTable(UserBuilder):
         raise DataError(f"{table.rows_where(empty)}: empty {column!r}. Give every row {fix}. "
                         f"{FIX} {NOT_SKIPPED}")
     index = {name: i for i, name in enumerate(self.class_names())}
-    folder, examples = table.path.parent, []
+    folder, examples = os.fspath(table.path.parent), []
     for i, (relative, patient, row) in enumerate(zip(paths, patients, table.labels)):
       unknown = [x for x in row if x not in index]
       if unknown:
         self.label_index(unknown[0], table.row_where(i))  # raises, naming the row
       label = ([float(c in row) for c in self.class_names()] if self.MULTILABEL
                else index[row[0]])
-      examples.append(Example(key=relative, source=str(folder / relative), label=label,
+      examples.append(Example(key=relative, source=os.path.join(folder, relative), label=label,
                               patient_id=patient, origin=f"row {i + 2}"))
     return examples
 
