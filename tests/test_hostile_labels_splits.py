@@ -395,3 +395,23 @@ def test_reading_a_table_reads_each_value_a_bounded_number_of_times(tmp_path, mo
     counts[n] = CountingList.reads
   assert counts[800] <= 4.5 * counts[200], counts  # linear: 4x the rows, ~4x the reads
   assert counts[800] < 40 * 800, counts
+
+
+def test_given_splits_sharing_a_patient_are_refused_unless_allowed(tmp_path):
+  table = csv_set(tmp_path / "m", BALANCED)
+  patients = [f"p{i // 2}" for i in range(10)]  # 0.png, 1.png: p0 ... 8.png, 9.png: p4
+  patients[9] = "p0"  # a train patient's image in the test split
+  lines = table.read_text().splitlines()
+  table.write_text("\n".join([lines[0] + ",patient"]
+                             + [f"{row},{p}" for row, p in zip(lines[1:], patients)]) + "\n")
+  args = ("--dataset", "csv", "--name", "pets", "--manual_dir", table.parent)
+  line = refused(prepare(tmp_path, *args))
+  assert line == (f"error: {table.parent}: patient 'p0' is in the train split "
+                  f"({table.parent / '0.png'} (row 2)) and the test split "
+                  f"({table.parent / '9.png'} (row 11)); 1 patient(s) are in more than one "
+                  "split, so the model would be scored on patients it was trained on. Put "
+                  "each patient's images in one split, or prepare with --option "
+                  "allow_shared_patients=true."), line
+  assert nothing_stored(tmp_path, "pets")
+  ok(prepare(tmp_path, *args, "--option", "allow_shared_patients=true"))
+  assert stored(tmp_path, "pets")["test"] == {"8.png": "cat", "9.png": "dog"}

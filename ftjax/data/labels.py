@@ -41,10 +41,10 @@ def is_integer(name: str) -> bool:
   return bool(_INTEGER.fullmatch(name))
 
 
-def check_names(first_seen: Mapping[str, str], declared: Sequence[str]) -> None:
-  """Class names read from the data (name -> where it was first seen): no two that
-  differ only in case and, unless the classes are declared, no gap in integer
-  classes."""
+def check_names(first_seen: Mapping[str, str], declared: Sequence[str], source: str) -> None:
+  """Class names read from the data (name -> where it was first seen; ``source``: the
+  data): no two that differ only in case and, unless the classes are declared, no gap
+  in integer classes."""
   by_fold: dict[str, list[str]] = {}
   for name in first_seen:
     by_fold.setdefault(name.casefold(), []).append(name)
@@ -59,7 +59,7 @@ def check_names(first_seen: Mapping[str, str], declared: Sequence[str]) -> None:
   present = {int(n) for n in first_seen}
   missing = sorted(set(range(min(present), max(present) + 1)) - present)
   if missing:
-    raise DataError(f"{next(iter(first_seen.values()))}: the labels are the integers "
+    raise DataError(f"{source}: the labels are the integers "
                     f"{', '.join(map(str, sorted(present)))}; class(es) "
                     f"{listed([str(m) for m in missing])} have no image (an empty class "
                     "gives undefined metrics). Add their images, renumber the classes "

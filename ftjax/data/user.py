@@ -45,8 +45,9 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 # Config fields fixed per named dataset (recorded in its metadata): one name is one
 # set of images, labels and splits; only the resize varies between its configs.
 LAYOUT_FIELDS = ("classes", "multilabel", "main_metrics", "val_fraction", "test_fraction",
-                 "seed", "allow_duplicates", "allow_one_class_split")
-BOOL_FIELDS = ("multilabel", "allow_duplicates", "allow_one_class_split")
+                 "seed", "allow_duplicates", "allow_one_class_split", "allow_shared_patients")
+BOOL_FIELDS = ("multilabel", "allow_duplicates", "allow_one_class_split",
+               "allow_shared_patients")
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
 
@@ -61,6 +62,7 @@ class UserConfig(ImageConfig):
     allow_duplicates: prepare although an image is byte-identical to one in another
       split (counted in the metadata).
     allow_one_class_split: prepare although a split holds one class only.
+    allow_shared_patients: prepare although given splits share a patient.
   """
 
   classes: tuple[str, ...] = ()
@@ -69,6 +71,7 @@ class UserConfig(ImageConfig):
   test_fraction: float = 0.1
   allow_duplicates: bool = False
   allow_one_class_split: bool = False
+  allow_shared_patients: bool = False
 
 
 def as_names(value: Any) -> tuple[str, ...]:
@@ -153,7 +156,7 @@ class UserBuilder(ImageBuilder, skip_registration=True):
     read from manual_dir (declared classes are checked, not replaced)."""
     config = cls.make_config(**options)
     seen, multilabel = cls.read_labels(root, config)
-    labels.check_names(seen, config.classes)
+    labels.check_names(seen, config.classes, validate.shown(root))
     classes = config.classes or tuple(sorted(seen, key=_class_order))
     metrics = config.main_metrics or default_metrics(len(classes), multilabel)
     unknown = sorted(set(metrics) - set(METRICS))
@@ -225,6 +228,8 @@ class UserBuilder(ImageBuilder, skip_registration=True):
     """Refuses leaks and undefined metrics in the final splits; records the split made."""
     cfg = self.builder_config
     where = validate.shown(root) if root is not None else self.name
+    if not cfg.allow_shared_patients:
+      _check_patients_apart(splits, where)
     self._notes["duplicates"] = duplicates.check(splits, self.MULTILABEL, self.class_names(),
                                                  cfg.allow_duplicates)
     if not self.MULTILABEL and not cfg.allow_one_class_split:
@@ -256,6 +261,30 @@ class UserBuilder(ImageBuilder, skip_registration=True):
         "layout": {k: _jsonable(getattr(cfg, k)) for k in self.layout_fields()},
     }
     return generators
+
+
+def _check_patients_apart(splits: dict[str, list[Example]], where: str) -> None:
+  """Given splits (a split column, split folders) that share a patient leak: the model
+  is scored on a patient it was trained on."""
+  first: dict[str, Example] = {}
+  split_of: dict[str, str] = {}
+  shared: dict[str, tuple[Example, str, Example, str]] = {}
+  for split, examples in splits.items():
+    for example in examples:
+      patient = example.patient_id
+      if not patient:
+        continue
+      seen = split_of.setdefault(patient, split)
+      first.setdefault(patient, example)
+      if seen != split and patient not in shared:
+        shared[patient] = (first[patient], seen, example, split)
+  if shared:
+    patient, (one, one_split, other, other_split) = next(iter(shared.items()))
+    raise DataError(f"{where}: patient {patient!r} is in the {one_split} split ({one.where}) "
+                    f"and the {other_split} split ({other.where}); {len(shared)} patient(s) "
+                    "are in more than one split, so the model would be scored on patients it "
+                    "was trained on. Put each patient's images in one split, or prepare with "
+                    "--option allow_shared_patients=true.")
 
 
 def split_sizes(splits: dict[str, list[Example]]) -> str:
