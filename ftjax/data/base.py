@@ -70,7 +70,7 @@ class ImageConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)  # slots: a dataset lists hundreds of thousands
 class Example:
   """One image to prepare: where it comes from and its other features."""
 

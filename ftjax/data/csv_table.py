@@ -337,13 +337,18 @@ class CsvTable(UserBuilder):
         raise DataError(f"{table.rows_where(empty)}: empty {column!r}. Give every row {fix}. "
                         f"{FIX} {NOT_SKIPPED}")
     index = {name: i for i, name in enumerate(self.class_names())}
+    kept: dict[tuple[str, ...], tuple[float, ...]] = {}
+    def multi_hot(row: tuple[str, ...]) -> tuple[float, ...]:  # one tuple per label set
+      if row not in kept:
+        kept[row] = tuple(float(c in row) for c in self.class_names())
+      return kept[row]
+
     folder, examples = os.fspath(table.path.parent), []
     for i, (relative, patient, row) in enumerate(zip(paths, patients, table.labels)):
       unknown = [x for x in row if x not in index]
       if unknown:
         self.label_index(unknown[0], table.row_where(i))  # raises, naming the row
-      label = ([float(c in row) for c in self.class_names()] if self.MULTILABEL
-               else index[row[0]])
+      label = multi_hot(row) if self.MULTILABEL else index[row[0]]
       examples.append(Example(key=relative, source=os.path.join(folder, relative), label=label,
                               patient_id=patient, origin=f"row {i + 2}"))
     return examples
