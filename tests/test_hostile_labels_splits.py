@@ -415,3 +415,10 @@ def test_given_splits_sharing_a_patient_are_refused_unless_allowed(tmp_path):
   assert nothing_stored(tmp_path, "pets")
   ok(prepare(tmp_path, *args, "--option", "allow_shared_patients=true"))
   assert stored(tmp_path, "pets")["test"] == {"8.png": "cat", "9.png": "dog"}
+
+
+def test_the_csv_benchmark_lists_every_row_it_writes(tmp_path):
+  from benchmarks import csv_read
+  seconds, cpu, peak, sizes = csv_read.measure(340, tmp_path)
+  assert sum(sizes.values()) == 340 and min(sizes.values()) > 0
+  assert seconds > 0 and cpu > 0 and peak > 0  # measured, never compared: a shared machine

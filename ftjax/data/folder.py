@@ -11,13 +11,15 @@ Two layouts of manual_dir:
   ``val/`` (or ``validation/``, ``valid/``): the given splits are used; a missing
   validation split is carved from train as above.
 
-Hidden files and folders (a name starting with '.', e.g. ``<class>/.ipynb_checkpoints/``)
-are skipped and counted in the summary. Images: PNG, JPEG, BMP, TIFF (8 or 16 bit, grayscale or colour) and DICOM
+Images: PNG, JPEG, BMP, TIFF (8 or 16 bit, grayscale or colour) and DICOM
 (``.dcm``, ``.dicom``; see :mod:`ftjax.data.dicom`). Other files are listed as
-ignored. ``patient_pattern`` is a regular expression searched in the path relative
-to manual_dir; its group ``patient`` (or its first group, or the whole match) is
-the patient id, e.g. ``--option 'patient_pattern=(P\\d+)_'``; an image it gives no id
-(no match, or an empty group) is an error listing such images.
+ignored; hidden files and folders (a name starting with '.', e.g.
+``<class>/.ipynb_checkpoints/``) are skipped and counted in the summary.
+
+``patient_pattern`` is a regular expression searched in the path relative to
+manual_dir; its group ``patient`` (or its first group, or the whole match) is the
+patient id, e.g. ``--option 'patient_pattern=(P\\d+)_'``; an image it gives no id (no
+match, or an empty group) is an error listing such images.
 """
 
 from __future__ import annotations
