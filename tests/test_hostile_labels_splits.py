@@ -422,3 +422,21 @@ def test_the_csv_benchmark_lists_every_row_it_writes(tmp_path):
   seconds, cpu, peak, sizes = csv_read.measure(340, tmp_path)
   assert sum(sizes.values()) == 340 and min(sizes.values()) > 0
   assert seconds > 0 and cpu > 0 and peak > 0  # measured, never compared: a shared machine
+
+
+@pytest.mark.parametrize("folders, expected", [
+    (("Cat", "cat", "dog"), "labels 'Cat' (<m>/Cat) and 'cat' (<m>/cat) differ only in case"),
+    (("1", "1.0", "2"), "labels '1' (<m>/1) and '1.0' (<m>/1.0) differ only in case or in "
+                        "how a number is written"),
+    (("nan", "cat", "dog"), "<m>/nan: label 'nan' is empty or NaN-like, not a class name")])
+def test_class_folders_spelled_two_ways_or_nan_are_refused(tmp_path, capsys, folders, expected):
+  from ftjax.data import __main__ as data_cli
+  m = tmp_path / "m"
+  for c, name in enumerate(folders):
+    for i in range(4):
+      png(m / name / f"{i}.png", 10 * c + i)
+  status = data_cli.main(["prepare", "--dataset", "folder", "--name", "xr", "--manual_dir",
+                          str(m), "--data_dir", str(tmp_path / "d")])
+  err = capsys.readouterr().err
+  assert status == 2 and err.startswith("error: " + expected.replace("<m>", str(m))), err
+  assert nothing_stored(tmp_path, "xr")

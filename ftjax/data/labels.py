@@ -43,17 +43,22 @@ def is_integer(name: str) -> bool:
 
 def check_names(first_seen: Mapping[str, str], declared: Sequence[str], source: str) -> None:
   """Class names read from the data (name -> where it was first seen; ``source``: the
-  data): no two that differ only in case and, unless the classes are declared, no gap
-  in integer classes."""
+  data): none NaN-like, no two that differ only in case or in how a number is written
+  ('1' and '1.0': class folders), and, unless the classes are declared, no gap in
+  integer classes."""
+  missing = next((n for n in first_seen if is_missing(n)), None)
+  if missing is not None:
+    raise DataError(f"{first_seen[missing]}: label {missing!r} is empty or NaN-like, not a "
+                    "class name. Give these images their class.")
   by_fold: dict[str, list[str]] = {}
   for name in first_seen:
-    by_fold.setdefault(name.casefold(), []).append(name)
+    by_fold.setdefault(normalised(name).casefold(), []).append(name)
   clash = next((names for names in by_fold.values() if len(names) > 1), None)
   if clash is not None:
     spelled = " and ".join(f"{n!r} ({first_seen[n]})" for n in clash[:SHOWN])
-    raise DataError(f"labels {spelled} differ only in case: one class spelled two ways, or "
-                    "two classes? Spell each class one way, or declare the classes with "
-                    "--option classes=a,b,c.")
+    raise DataError(f"labels {spelled} differ only in case or in how a number is written: "
+                    "one class spelled two ways, or two classes? Spell each class one way, or "
+                    "declare the classes with --option classes=a,b,c.")
   if declared or not first_seen or not all(is_integer(n) for n in first_seen):
     return
   present = {int(n) for n in first_seen}
