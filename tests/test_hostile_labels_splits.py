@@ -440,3 +440,22 @@ def test_class_folders_spelled_two_ways_or_nan_are_refused(tmp_path, capsys, fol
   err = capsys.readouterr().err
   assert status == 2 and err.startswith("error: " + expected.replace("<m>", str(m))), err
   assert nothing_stored(tmp_path, "xr")
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_one_file_listed_twice_is_found_even_when_path_hashes_collide(tmp_path, monkeypatch,
+                                                                      link):
+  from ftjax.data import validate
+  from ftjax.data.base import Example
+  paths = [png(tmp_path / "a.png", 1), png(tmp_path / "b.png", 2)]
+  if link:
+    (tmp_path / "c.png").symlink_to(tmp_path / "b.png")
+    paths.append(str(tmp_path / "c.png"))
+  examples = [Example(key=pathlib.Path(p).name, source=p, label=0) for p in paths]
+  monkeypatch.setattr(validate, "hash", lambda _: 0, raising=False)  # every path collides
+  if not link:
+    validate.check_examples({"train": examples}, tmp_path)
+    return
+  with pytest.raises(validate.DataError, match=f"^{tmp_path / 'c.png'}: the same file as "
+                                               f"{tmp_path / 'b.png'} "):
+    validate.check_examples({"train": examples}, tmp_path)

@@ -161,35 +161,57 @@ def read_csv(path: Path, required: Sequence[str], where: str = "", *, delimiter:
 def read_csv_records(path: Path, required: Sequence[str], where: str = "", *,
                      delimiter: str = ",", fix: str = "") -> tuple[list[str], Iterator]:
   """(header, an iterator of (row number, stripped fields)): ``read_csv`` without a
-  dict per row, read as it is consumed (checked as ``read_csv`` is)."""
+  dict per row, streamed from the file as it is consumed (checked as ``read_csv`` is;
+  the file is never held whole)."""
   import csv
-  import io
   require_file(path, "CSV file", where)
   fix = fix or f"Use the dataset's original CSV file (re-download or re-extract it). {where}".strip()
-  data = path.read_bytes()
-  if not data.strip():
-    raise DataError(f"{path}: file is empty{' (0 bytes)' if not data else ''}. {fix}")
-  try:
-    text = data.decode("utf-8-sig")
-  except UnicodeDecodeError as exc:
-    line = data[:exc.start].count(b"\n") + 1
-    raise DataError(f"{path} row {line}: not UTF-8 text (byte {data[exc.start]:#04x} at "
-                    f"offset {exc.start}). {fix}") from None
-  del data
-  reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
+  _check_utf8_text(path, fix)
+  text = open(path, encoding="utf-8-sig", newline="")  # closed by _csv_rows
+  reader = csv.reader(text, strict=True, delimiter=delimiter)
   try:
     columns = [c.strip() for c in next(reader)]
+    validate.check_columns(path, columns, f"{fix} {NOT_SKIPPED}")
+    missing = [c for c in required if c not in columns]
+    if missing:
+      raise DataError(f"{path}: missing column(s) {missing} (found {columns}). {fix}")
   except csv.Error as exc:
+    text.close()
     raise DataError(f"{path} row {reader.line_num}: not valid CSV ({exc}; an unclosed quote "
                     f"or a truncated file). {fix}") from None
-  validate.check_columns(path, columns, f"{fix} {NOT_SKIPPED}")
-  missing = [c for c in required if c not in columns]
-  if missing:
-    raise DataError(f"{path}: missing column(s) {missing} (found {columns}). {fix}")
-  return columns, _csv_rows(path, reader, len(columns), fix)
+  except DataError:
+    text.close()
+    raise
+  return columns, _csv_rows(path, text, reader, len(columns), fix)
 
 
-def _csv_rows(path: Path, reader, width: int, fix: str) -> Iterator[tuple[int, list[str]]]:
+def _check_utf8_text(path: Path, fix: str, chunk_bytes: int = 1 << 20) -> None:
+  """Not empty (nor only blank) and UTF-8 throughout, read a chunk at a time; a
+  DataError naming the row, byte and offset of the first byte that is not UTF-8."""
+  import codecs
+  decoder = codecs.getincrementaldecoder("utf-8")()
+  offset = newlines = 0
+  content = False
+  with open(path, "rb") as f:
+    while True:
+      chunk = f.read(chunk_bytes)
+      try:
+        decoder.decode(chunk, final=not chunk)
+      except UnicodeDecodeError as exc:
+        start = exc.start - (len(exc.object) - len(chunk))  # within chunk (< 0: pending)
+        line = newlines + chunk[:max(start, 0)].count(b"\n") + 1
+        raise DataError(f"{path} row {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                        f"at offset {offset + start}). {fix}") from None
+      if not chunk:
+        break
+      content = content or bool(chunk.strip())
+      offset, newlines = offset + len(chunk), newlines + chunk.count(b"\n")
+  if not content:
+    raise DataError(f"{path}: file is empty{' (0 bytes)' if not offset else ''}. {fix}")
+
+
+def _csv_rows(path: Path, text, reader, width: int,
+              fix: str) -> Iterator[tuple[int, list[str]]]:
   import csv
   count = 0
   try:
@@ -204,6 +226,8 @@ def _csv_rows(path: Path, reader, width: int, fix: str) -> Iterator[tuple[int, l
   except csv.Error as exc:
     raise DataError(f"{path} row {reader.line_num}: not valid CSV ({exc}; an unclosed quote "
                     f"or a truncated file). {fix}") from None
+  finally:
+    text.close()
   if not count:
     raise DataError(f"{path}: has a header but no rows (a truncated download?). {fix}")
 

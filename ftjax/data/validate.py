@@ -133,16 +133,17 @@ def resolve_inside(root: Path, path: Path, where: str) -> Path:
 
 
 class _Resolver:
-  """Resolves many paths under one root: each folder's real path is looked up once,
-  so a file costs one lstat, not one per component of its path."""
+  """Resolves many paths under one root: each folder above a file's own folder is
+  looked up once, so a file costs two lstats, not one per component of its path, and
+  only those folders are remembered."""
 
   def __init__(self, root: Path):
     self.root = root
     self.top = os.path.realpath(root)
     self.folders: dict[str, str] = {}
 
-  def real(self, path: str, remember: bool = False) -> str:
-    """os.path.realpath(path), each folder above it resolved once."""
+  def real(self, path: str, level: int = 0) -> str:
+    """os.path.realpath(path) (``level``: how far above a file ``path`` is)."""
     found = self.folders.get(path)
     if found is not None:
       return found
@@ -150,9 +151,9 @@ class _Resolver:
     if name in ("", ".", "..") or parent == path:
       found = os.path.realpath(path or ".")
     else:
-      full = os.path.join(self.real(parent, remember=True), name)
+      full = os.path.join(self.real(parent, level + 1), name)
       found = os.path.realpath(full) if os.path.islink(full) else full
-    if remember:
+    if level >= 2:
       self.folders[path] = found
     return found
 
@@ -171,7 +172,8 @@ def check_examples(splits: dict[str, list], root: Path | None) -> None:
   """Keys unique across splits, UTF-8 names and, for file sources, one distinct file
   inside ``root`` per example (one pass; a message's ``where`` is made only for it)."""
   keys: dict[str, Any] = {}
-  files: dict[str, Any] = {}
+  files: dict[int, Any] = {}  # hash of the real path -> the example (no copy of the path)
+  collided: dict[str, Any] = {}
   resolver = _Resolver(root) if root is not None else None
   for examples in splits.values():
     for example in examples:
@@ -192,11 +194,13 @@ def check_examples(splits: dict[str, list], root: Path | None) -> None:
       if os.path.isdir(resolved):
         raise DataError(f"{example.where}: a folder, not an image file. "
                         "Remove or rename the folder, and restore the image.")
-      if resolved in files:
-        raise DataError(f"{example.where}: the same file as {files[resolved].where} "
+      other = files.setdefault(hash(resolved), example)
+      if other is not example and resolver.real(os.fspath(other.source)) != resolved:
+        other = collided.setdefault(resolved, example)  # two paths, one hash: rare
+      if other is not example:
+        raise DataError(f"{example.where}: the same file as {other.where} "
                         f"({shown(resolved)}, through a symbolic link): it would be stored "
                         "twice, perhaps under two labels. Replace the link by the real files.")
-      files[resolved] = example
 
 
 def _is_utf8(text: str) -> bool:
