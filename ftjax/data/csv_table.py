@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from ftjax.data import labels, validate
 from ftjax.data.base import NOT_SKIPPED, Example, read_csv_records
@@ -293,6 +293,21 @@ def _split(value: str, delimiter: str) -> tuple[str, ...]:
   return tuple(dict.fromkeys(p for p in parts if p))
 
 
+def label_encoder(classes: Sequence[str], multilabel: bool) -> Callable[[tuple], Any]:
+  """A row's labels -> its class index, or its multi-hot tuple (one tuple per set of
+  labels, however many rows share it)."""
+  index = {name: i for i, name in enumerate(classes)}
+  if not multilabel:
+    return lambda row: index[row[0]]
+  kept: dict[tuple[str, ...], tuple[float, ...]] = {}
+
+  def multi_hot(row: tuple[str, ...]) -> tuple[float, ...]:
+    if row not in kept:
+      kept[row] = tuple(float(c in row) for c in classes)
+    return kept[row]
+  return multi_hot
+
+
 class CsvTable(UserBuilder):
   __doc__ = __doc__
   name = "csv"
@@ -326,7 +341,7 @@ class CsvTable(UserBuilder):
     return self.with_validation(given, validate.shown(table.path))
 
   def _examples(self, table: Table) -> list[Example]:
-    """One example per row (a class index or a multi-hot list as its label)."""
+    """One example per row (a class index or a multi-hot tuple as its label)."""
     paths = table.columns[table.path_column]
     patients = table.columns[table.patient_column] if table.patient_column else [""] * len(table)
     for column, values, fix in ((table.path_column, paths, "its image's path"),
@@ -336,21 +351,15 @@ class CsvTable(UserBuilder):
       if empty:
         raise DataError(f"{table.rows_where(empty)}: empty {column!r}. Give every row {fix}. "
                         f"{FIX} {NOT_SKIPPED}")
-    index = {name: i for i, name in enumerate(self.class_names())}
-    kept: dict[tuple[str, ...], tuple[float, ...]] = {}
-    def multi_hot(row: tuple[str, ...]) -> tuple[float, ...]:  # one tuple per label set
-      if row not in kept:
-        kept[row] = tuple(float(c in row) for c in self.class_names())
-      return kept[row]
-
+    classes = self.class_names()
+    declared, encode = set(classes), label_encoder(classes, self.MULTILABEL)
     folder, examples = os.fspath(table.path.parent), []
     for i, (relative, patient, row) in enumerate(zip(paths, patients, table.labels)):
-      unknown = [x for x in row if x not in index]
+      unknown = [x for x in row if x not in declared]
       if unknown:
         self.label_index(unknown[0], table.row_where(i))  # raises, naming the row
-      label = multi_hot(row) if self.MULTILABEL else index[row[0]]
-      examples.append(Example(key=relative, source=os.path.join(folder, relative), label=label,
-                              patient_id=patient, origin=f"row {i + 2}"))
+      examples.append(Example(key=relative, source=os.path.join(folder, relative),
+                              label=encode(row), patient_id=patient, origin=f"row {i + 2}"))
     return examples
 
   @staticmethod

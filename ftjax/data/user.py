@@ -16,7 +16,8 @@ multilabel=true|false``. Main metrics: multi-label ``map, auroc``; two classes
 
 Before anything is stored, the final splits are checked (``check_splits``): byte-
 identical images under two labels, or in two splits, are refused (the latter allowed
-with ``allow_duplicates=true``), and so is a split holding one class of a single-label
+with ``allow_duplicates=true``), so are given splits that share a patient
+(``allow_shared_patients=true``) and a split holding one class of a single-label
 dataset, where AUROC is undefined (``allow_one_class_split=true``); the split actually
 made (images, share and patients per split) is recorded and printed.
 """
