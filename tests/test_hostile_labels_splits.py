@@ -292,6 +292,10 @@ def test_patient_pattern_missing_for_some_images_is_refused(tmp_path):
   for split in SPLITS:
     n, p = len(got[split]), len(patients[split])
     assert f"{split} {n} images ({n / total:.1%}, {p} patient{'s' * (p != 1)})" in out, out
+  from ftjax.data import inspection  # and what inspect says
+  stats = inspection.summary(get_dataset("xr", tmp_path / "d").create(tmp_path / "d", resize=8))
+  assert {s: (v["count"], v["patients"], v["share"]) for s, v in stats.items()} == {
+      s: (len(got[s]), len(patients[s]), round(len(got[s]) / total, 4)) for s in SPLITS}
 
 
 def test_same_pixels_under_two_classes_are_refused(tmp_path):
