@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -463,3 +464,16 @@ def test_one_file_listed_twice_is_found_even_when_path_hashes_collide(tmp_path, 
   with pytest.raises(validate.DataError, match=f"^{tmp_path / 'c.png'}: the same file as "
                                                f"{tmp_path / 'b.png'} "):
     validate.check_examples({"train": examples}, tmp_path)
+
+
+@pytest.mark.parametrize("names, clash", [
+    (("1", "01", "2"), "'1' (at 1) and '01' (at 01)"), (("-0", "0", "1"), "'-0' (at -0) and '0'"),
+    (("Edema", "EDEMA"), "'Edema' (at Edema) and 'EDEMA'"), (("1", "10", "2", "3", "4", "5", "6",
+                                                               "7", "8", "9"), None)])
+def test_class_names_equal_but_for_spelling_are_refused(names, clash):
+  first_seen = {n: f"at {n}" for n in names}
+  if clash is None:
+    labels.check_names(first_seen, (), "src")  # distinct numbers, no gap
+    return
+  with pytest.raises(labels.DataError, match=f"^labels {re.escape(clash)}"):
+    labels.check_names(first_seen, (), "src")

@@ -41,10 +41,16 @@ def is_integer(name: str) -> bool:
   return bool(_INTEGER.fullmatch(name))
 
 
+def _spelling_free(name: str) -> str:
+  """What is left of a name when case and the writing of a number are ignored."""
+  name = normalised(name)
+  return str(int(name)) if is_integer(name) else name.casefold()
+
+
 def check_names(first_seen: Mapping[str, str], declared: Sequence[str], source: str) -> None:
   """Class names read from the data (name -> where it was first seen; ``source``: the
   data): none NaN-like, no two that differ only in case or in how a number is written
-  ('1' and '1.0': class folders), and, unless the classes are declared, no gap in
+  ('1', '1.0' and '01': class folders), and, unless the classes are declared, no gap in
   integer classes."""
   missing = next((n for n in first_seen if is_missing(n)), None)
   if missing is not None:
@@ -52,7 +58,7 @@ def check_names(first_seen: Mapping[str, str], declared: Sequence[str], source: 
                     "class name. Give these images their class.")
   by_fold: dict[str, list[str]] = {}
   for name in first_seen:
-    by_fold.setdefault(normalised(name).casefold(), []).append(name)
+    by_fold.setdefault(_spelling_free(name), []).append(name)
   clash = next((names for names in by_fold.values() if len(names) > 1), None)
   if clash is not None:
     spelled = " and ".join(f"{n!r} ({first_seen[n]})" for n in clash[:SHOWN])
