@@ -145,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data_dir", required=True, help="where prepared datasets live")
     p.add_argument("--resize", type=int, default=232, help="shorter side (232 or 256)")
     p.add_argument("--option", action="append", default=[],
-                   help="extra config option key=value (unit=image, val_fraction=0.1, ...)")
+                   help="extra config option key=value (unit=image, val_fraction=0.1, "
+                        "multilabel=true, allow_one_class_split=true, ...)")
     if name == "prepare":
       p.add_argument("--name", help="the name your own dataset is stored and trained under "
                      "(with --dataset folder / csv / npz), e.g. knee_xr")

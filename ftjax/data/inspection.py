@@ -1,4 +1,4 @@
-"""Split counts, class balance and a contact sheet of a prepared dataset."""
+"""Split counts, shares and patients, class balance and a contact sheet of a prepared dataset."""
 
 from __future__ import annotations
 
@@ -11,20 +11,28 @@ from ftjax.data.base import ImageBuilder
 
 
 def summary(builder: ImageBuilder) -> dict:
-  """{split: {'count': n, 'classes': {name: positives}}} read from the data."""
+  """{split: {'count': n, 'share': n / all, 'patients': distinct patient ids,
+  'classes': {name: positives}}} read from the data."""
   names = builder.info.features["label"].names if not builder.MULTILABEL else \
       list(builder.class_names())
   out = {}
   for split in builder.info.splits:
     source = builder.as_data_source(split)
     counts = np.zeros(len(names), np.int64)
+    patients = set()
     for i in range(len(source)):
-      label = source[i]["label"]
+      record = source[i]
       if builder.MULTILABEL:
-        counts += np.asarray(label) > 0.5
+        counts += np.asarray(record["label"]) > 0.5
       else:
-        counts[int(label)] += 1
-    out[split] = {"count": len(source), "classes": dict(zip(names, counts.tolist()))}
+        counts[int(record["label"])] += 1
+      patients.add(record["patient_id"])
+    patients.discard(b"")
+    out[split] = {"count": len(source), "patients": len(patients),
+                  "classes": dict(zip(names, counts.tolist()))}
+  total = sum(s["count"] for s in out.values()) or 1
+  for stats in out.values():
+    stats["share"] = round(stats["count"] / total, 4)
   return out
 
 

@@ -9,8 +9,17 @@ sweep and the report find it by name alone (``--config.dataset=knee_xr``).
 
 Class names are read from manual_dir (folder names, CSV labels, .npz labels) unless
 declared with ``--option classes=a,b,c``; then a label outside them is an error.
-Main metrics: multi-label ``map, auroc``; two classes ``auroc, accuracy``; more
-``accuracy, auroc`` (``--option main_metrics=f1,accuracy`` to choose).
+Labels that could be read two ways are refused (:mod:`ftjax.data.labels`); one label
+per image or several is read from the layout, or declared with ``--option
+multilabel=true|false``. Main metrics: multi-label ``map, auroc``; two classes
+``auroc, accuracy``; more ``accuracy, auroc`` (``--option main_metrics=f1,accuracy``).
+
+Before anything is stored, the final splits are checked (``check_splits``): byte-
+identical images under two labels, or in two splits, are refused (the latter allowed
+with ``allow_duplicates=true``), so are given splits that share a patient
+(``allow_shared_patients=true``) and a split holding one class of a single-label
+dataset, where AUROC is undefined (``allow_one_class_split=true``); the split actually
+made (images, share and patients per split) is recorded and printed.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from ftjax.data import splits
+from ftjax.data import duplicates, labels, splits, validate
 from ftjax.data.base import Example, ImageBuilder, ImageConfig
 from ftjax.data.errors import DataError
 from ftjax.data.registry import DatasetInfo
@@ -37,22 +46,33 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 # Config fields fixed per named dataset (recorded in its metadata): one name is one
 # set of images, labels and splits; only the resize varies between its configs.
 LAYOUT_FIELDS = ("classes", "multilabel", "main_metrics", "val_fraction", "test_fraction",
-                 "seed")
+                 "seed", "allow_duplicates", "allow_one_class_split", "allow_shared_patients")
+BOOL_FIELDS = ("multilabel", "allow_duplicates", "allow_one_class_split",
+               "allow_shared_patients")
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
 
 @dataclasses.dataclass(eq=True)
 class UserConfig(ImageConfig):
   """Attributes:
     classes: class names (empty: read from manual_dir).
-    multilabel: several labels per image (sigmoid/BCE) instead of one class.
+    multilabel: several labels per image (sigmoid/BCE) instead of one class (None:
+      read from the layout).
     main_metrics: the two headline metrics (empty: by label type, see above).
     test_fraction: share held out as the test split where manual_dir has none.
+    allow_duplicates: prepare although an image is byte-identical to one in another
+      split (counted in the metadata).
+    allow_one_class_split: prepare although a split holds one class only.
+    allow_shared_patients: prepare although given splits share a patient.
   """
 
   classes: tuple[str, ...] = ()
-  multilabel: bool = False
+  multilabel: bool | None = None
   main_metrics: tuple[str, ...] = ()
   test_fraction: float = 0.1
+  allow_duplicates: bool = False
+  allow_one_class_split: bool = False
+  allow_shared_patients: bool = False
 
 
 def as_names(value: Any) -> tuple[str, ...]:
@@ -60,6 +80,14 @@ def as_names(value: Any) -> tuple[str, ...]:
   if isinstance(value, str):
     return tuple(v.strip() for v in value.split(",") if v.strip())
   return tuple(str(v) for v in value)
+
+
+def as_bool(value: Any, option: str) -> bool:
+  """True / 'true' / 'yes' / 1 -> True (and the opposites); an option's value."""
+  text = str(value).strip().lower()
+  if text in _TRUE or text in _FALSE:
+    return text in _TRUE
+  raise DataError(f"--option {option}={value}: expected true or false.")
 
 
 def default_metrics(num_classes: int, multilabel: bool) -> tuple[str, ...]:
@@ -106,6 +134,9 @@ class UserBuilder(ImageBuilder, skip_registration=True):
     for key in ("classes", "main_metrics"):
       if key in options:
         options[key] = as_names(options[key])
+    for key in BOOL_FIELDS:
+      if options.get(key) is not None:
+        options[key] = as_bool(options[key], key)
     layout = {k: options.pop(k) for k in cls.layout_fields() if k in options}
     config = super().make_config(**options)
     return dataclasses.replace(config, **layout)
@@ -113,8 +144,9 @@ class UserBuilder(ImageBuilder, skip_registration=True):
   # ---- what subclasses provide -------------------------------------------
 
   @classmethod
-  def read_labels(cls, root: Path, config: UserConfig) -> tuple[list[str], bool]:
-    """(every label seen in manual_dir, multi-label?), cheaply (no image decoded)."""
+  def read_labels(cls, root: Path, config: UserConfig) -> tuple[dict[str, str], bool]:
+    """({each label seen in manual_dir: where it was first seen}, multi-label?),
+    cheaply (no image decoded); ``config.multilabel``, where set, is obeyed."""
     raise NotImplementedError
 
   # ---- shared ---------------------------------------------------------------
@@ -125,7 +157,8 @@ class UserBuilder(ImageBuilder, skip_registration=True):
     read from manual_dir (declared classes are checked, not replaced)."""
     config = cls.make_config(**options)
     seen, multilabel = cls.read_labels(root, config)
-    classes = config.classes or tuple(sorted(set(seen), key=_class_order))
+    labels.check_names(seen, config.classes, validate.shown(root))
+    classes = config.classes or tuple(sorted(seen, key=_class_order))
     metrics = config.main_metrics or default_metrics(len(classes), multilabel)
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown or len(metrics) < 1:
@@ -175,9 +208,9 @@ class UserBuilder(ImageBuilder, skip_registration=True):
     cfg = self.builder_config
     rest, test = self.carve(pool, cfg.test_fraction, cfg.seed, "test", where)
     train, val = self.carve(rest, cfg.val_fraction, cfg.seed + 1, "val", where)
-    self._notes["split"] = (f"{self._carving(pool)}: test {cfg.test_fraction:.0%} (seed "
-                            f"{cfg.seed}), validation {cfg.val_fraction:.0%} of the rest "
-                            f"(seed {cfg.seed + 1})")
+    self._notes["split"] = (f"{self._carving(pool)}, asked: test {cfg.test_fraction:.0%} "
+                            f"(seed {cfg.seed}), validation {cfg.val_fraction:.0%} of the "
+                            f"rest (seed {cfg.seed + 1})")
     return {"train": train, "validation": val, "test": test}
 
   def with_validation(self, given: dict[str, list[Example]],
@@ -188,9 +221,33 @@ class UserBuilder(ImageBuilder, skip_registration=True):
       return given
     cfg = self.builder_config
     train, val = self.carve(given["train"], cfg.val_fraction, cfg.seed, "val", where)
-    self._notes["split"] = (f"the given train / test; validation {cfg.val_fraction:.0%} of "
-                            f"train, {self._carving(given['train'])} (seed {cfg.seed})")
+    self._notes["split"] = (f"the given train / test; validation asked: {cfg.val_fraction:.0%}"
+                            f" of train, {self._carving(given['train'])} (seed {cfg.seed})")
     return {"train": train, "validation": val, "test": given.get("test", [])}
+
+  def check_splits(self, splits: dict[str, list[Example]], root: Path | None) -> None:
+    """Refuses leaks and undefined metrics in the final splits; records the split made."""
+    cfg = self.builder_config
+    where = validate.shown(root) if root is not None else self.name
+    if not cfg.allow_shared_patients:
+      _check_patients_apart(splits, where)
+    self._notes["duplicates"] = duplicates.check(splits, self.MULTILABEL, self.class_names(),
+                                                 cfg.allow_duplicates)
+    if not self.MULTILABEL and not cfg.allow_one_class_split:
+      for split, examples in splits.items():
+        self._check_two_classes(split, examples, where)
+    self._notes["split"] = f"{self._notes.get('split', '')}; made: {split_sizes(splits)}"
+
+  def _check_two_classes(self, split: str, examples: list[Example], where: str) -> None:
+    names = self.class_names()
+    counts = np.bincount([int(e.label) for e in examples], minlength=len(names))
+    if np.count_nonzero(counts) < 2 <= len(names):
+      shown = "; ".join(f"{n}: {c}" for n, c in zip(names, counts.tolist()))
+      raise DataError(f"{where}: the {split} split holds one class only ({shown} images), so "
+                      "AUROC and the other metrics comparing classes are undefined on it. Give "
+                      "it images of at least two classes (another test_fraction, val_fraction "
+                      "or seed, or more images), or prepare with --option "
+                      "allow_one_class_split=true.")
 
   def _carving(self, examples: list[Example]) -> str:
     if examples and all(e.patient_id for e in examples):
@@ -205,6 +262,41 @@ class UserBuilder(ImageBuilder, skip_registration=True):
         "layout": {k: _jsonable(getattr(cfg, k)) for k in self.layout_fields()},
     }
     return generators
+
+
+def _check_patients_apart(splits: dict[str, list[Example]], where: str) -> None:
+  """Given splits (a split column, split folders) that share a patient leak: the model
+  is scored on a patient it was trained on."""
+  first: dict[str, Example] = {}
+  split_of: dict[str, str] = {}
+  shared: dict[str, tuple[Example, str, Example, str]] = {}
+  for split, examples in splits.items():
+    for example in examples:
+      patient = example.patient_id
+      if not patient:
+        continue
+      seen = split_of.setdefault(patient, split)
+      first.setdefault(patient, example)
+      if seen != split and patient not in shared:
+        shared[patient] = (first[patient], seen, example, split)
+  if shared:
+    patient, (one, one_split, other, other_split) = next(iter(shared.items()))
+    raise DataError(f"{where}: patient {patient!r} is in the {one_split} split ({one.where}) "
+                    f"and the {other_split} split ({other.where}); {len(shared)} patient(s) "
+                    "are in more than one split, so the model would be scored on patients it "
+                    "was trained on. Put each patient's images in one split, or prepare with "
+                    "--option allow_shared_patients=true.")
+
+
+def split_sizes(splits: dict[str, list[Example]]) -> str:
+  """'train 30 images (75.0%, 6 patients), ...': the split as made."""
+  total = sum(len(e) for e in splits.values()) or 1
+  parts = []
+  for split, examples in splits.items():
+    patients = len({e.patient_id for e in examples if e.patient_id})
+    who = f", {patients} patient{'s' * (patients != 1)}" if patients else ""
+    parts.append(f"{split} {len(examples)} images ({len(examples) / total:.1%}{who})")
+  return ", ".join(parts)
 
 
 def _class_order(name: str):
