@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 from ftjax.data import labels, validate
 from ftjax.data.base import NOT_SKIPPED, Example, read_csv_records
 from ftjax.data.errors import DataError
-from ftjax.data.user import IMAGE_SUFFIXES, UserBuilder, UserConfig, as_names
+from ftjax.data.user_base import IMAGE_SUFFIXES, UserBuilder, UserConfig, as_names
 
 PATH_NAMES = ("path", "image", "image_path", "imagepath", "file", "filename", "file_name",
               "filepath", "file_path", "image_name", "image_file", "img", "image_id")

@@ -31,7 +31,7 @@ from pathlib import Path
 from ftjax.data import labels, validate
 from ftjax.data.base import Example, natural_key
 from ftjax.data.errors import DataError
-from ftjax.data.user import IMAGE_SUFFIXES, UserBuilder, UserConfig
+from ftjax.data.user_base import IMAGE_SUFFIXES, UserBuilder, UserConfig
 
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("val", "validation", "valid"),
                  "test": ("test",)}
@@ -81,7 +81,7 @@ class Folder(UserBuilder):
   @classmethod
   def read_labels(cls, root: Path, config: FolderConfig) -> tuple[dict[str, str], bool]:
     if config.multilabel:
-      raise DataError(f"--option multilabel=true: class folders give one class per image. "
+      raise DataError("--option multilabel=true: class folders give one class per image. "
                       "Use --dataset csv for several labels per image, or leave multilabel out.")
     folders = cls.split_folders(root) or {"train": root}
     seen: dict[str, str] = {}

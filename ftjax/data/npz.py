@@ -24,7 +24,7 @@ import numpy as np
 from ftjax.data import labels, medmnist, validate
 from ftjax.data.base import Example
 from ftjax.data.errors import DataError
-from ftjax.data.user import UserBuilder, UserConfig
+from ftjax.data.user_base import UserBuilder, UserConfig
 
 FIX = "Write the .npz in the MedMNIST layout (see python -m ftjax.data prepare --help)."
 
