@@ -1,8 +1,9 @@
 """Command-line flag parsing and error reporting shared by ftjax's commands."""
 
 import os
+import re
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from absl import app, flags, logging
 import ml_collections
@@ -11,15 +12,36 @@ from ftjax import run as run_lib
 from ftjax.data import DataError
 from ftjax.engine.loop import TrainingDivergedError
 
+# What ml_collections makes of a config file's refused argument: the traceback of
+# get_config as the flag error's text, ending with the one-line refusal.
+_REFUSED_ARGUMENT = re.compile(r"^ftjax\.names\.UnknownName: (.+)$", re.MULTILINE)
+_NO_ARGUMENT = re.compile(r"get_config\(\) takes 0 positional arguments")
+
+
+def usage_error(message: str) -> NoReturn:
+  """A command line that cannot run: one `error:` line, exit status 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
 
 def parse(argv: list[str]) -> list[str]:
-  """absl's flag parser, with an override of a field the config lacks as one error line.
+  """absl's flag parser, with a bad config file argument or an override of a field the
+  config lacks as one error line.
 
   ml_collections raises a bare KeyError for --config.FIELD=VALUE when FIELD is not in
-  the config file (a typo, or a dataset option only another dataset has).
+  the config file (a typo, or a dataset option only another dataset has), and wraps a
+  config file's refusal of its argument (configs/base.py:resnet18,ft) in a traceback.
   """
   try:
     return flags.FLAGS(argv)
+  except flags.IllegalFlagValueError as error:
+    refused = _REFUSED_ARGUMENT.search(str(error))
+    if refused:
+      usage_error(refused.group(1))
+    if _NO_ARGUMENT.search(str(error)):
+      usage_error(f"{str(error).split(': ', 1)[0]}: this config file takes no argument "
+                  f"after ':'.")
+    raise
   except (KeyError, AttributeError):
     for arg in argv[1:]:
       root, *path = arg.lstrip("-").partition("=")[0].split(".")
@@ -30,9 +52,7 @@ def parse(argv: list[str]) -> list[str]:
         if not hasattr(fields, "keys") or name not in fields:
           where = ".".join([root, *path[:depth]])
           valid = ", ".join(sorted(fields.keys())) if hasattr(fields, "keys") else "none"
-          print(f"error: {arg}: {where} has no field {name!r}; its fields: {valid}.",
-                file=sys.stderr)
-          sys.exit(2)
+          usage_error(f"{arg}: {where} has no field {name!r}; its fields: {valid}.")
         fields = fields[name]
     raise
 

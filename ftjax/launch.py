@@ -48,6 +48,7 @@ import submitit
 from ftjax import compile_cache, sweep
 from ftjax.engine import loop
 from ftjax import run as run_lib
+from ftjax.slurm_options import LaunchError, SlurmOptions, check_text
 
 LAUNCHERS = sweep.LAUNCHERS
 SUBMITIT_DIR = ".submitit"  # submitit's pickles and job logs, inside the sweep workdir
@@ -77,57 +78,6 @@ def add_cluster_fields(config: ml_collections.ConfigDict) -> ml_collections.Conf
   # More sbatch flags, comma-separated name=value: "constraint=a100,mail-type=END".
   slurm.additional = ""
   return config
-
-
-@dataclasses.dataclass(frozen=True)
-class SlurmOptions:
-  """What each array task asks SLURM for."""
-  partition: str | None = None
-  account: str | None = None
-  qos: str | None = None
-  gpus_per_task: int = 1
-  cpus_per_task: int = 8
-  mem_gb: float = 32
-  timeout_min: int = 240
-  array_parallelism: int = 64
-  max_requeues: int = 3
-  additional: str = ""
-
-  @classmethod
-  def from_config(cls, sweep_config: ml_collections.ConfigDict) -> "SlurmOptions":
-    given = dict(sweep_config.get("slurm", None) or {})
-    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-      raise LaunchError(f"config.slurm: unknown field(s) {unknown}; known: "
-                       f"{[f.name for f in dataclasses.fields(cls)]}.")
-    return cls(**{k: v for k, v in given.items() if v is not None})
-
-  def sbatch_parameters(self, job_name: str) -> dict[str, Any]:
-    """submitit's SlurmExecutor parameters (the names of its `update_parameters`)."""
-    params: dict[str, Any] = {
-        "job_name": job_name, "time": int(self.timeout_min),
-        "cpus_per_task": int(self.cpus_per_task), "mem": f"{int(self.mem_gb)}GB",
-        "array_parallelism": int(self.array_parallelism), "ntasks_per_node": 1,
-        "additional_parameters": self.additional_sbatch()}
-    if self.gpus_per_task:
-      params["gpus_per_task"] = int(self.gpus_per_task)
-    for name in ("partition", "account", "qos"):
-      if getattr(self, name):
-        params[name] = getattr(self, name)
-    return params
-
-  def additional_sbatch(self) -> dict[str, str]:
-    pairs = [p.strip() for p in self.additional.split(",") if p.strip()]
-    bad = [p for p in pairs if "=" not in p]
-    if bad:
-      raise LaunchError(f"config.slurm.additional: {bad} is not name=value; write e.g. "
-                       f"'constraint=a100,mail-type=END'.")
-    return dict(p.split("=", 1) for p in pairs)
-
-
-class LaunchError(RuntimeError):
-  """The launcher cannot go on (no squeue, an unreadable record, a bad setting); the
-  message names the fix."""
 
 
 # --- The array task -----------------------------------------------------------------
@@ -311,7 +261,7 @@ def executor(launcher: str, folder: pathlib.Path, options: SlurmOptions, job_nam
                             for k, v in options.sbatch_parameters(job_name).items()})
     return ex
   ex = submitit.AutoExecutor(folder=folder, cluster="local")
-  ex.update_parameters(timeout_min=int(options.timeout_min), name=job_name)
+  ex.update_parameters(timeout_min=options.timeout_min, name=job_name)
   return ex
 
 
@@ -363,8 +313,11 @@ def main(sweep_config: ml_collections.ConfigDict, workdir: str, specs: Sequence[
          **retry: Any) -> int:
   """`ftjax.sweep --launcher slurm|submitit_local`; returns the exit status."""
   root = pathlib.Path(workdir).absolute()
+  # A bad setting stops here, before anything is looked at: every field of the
+  # sbatch script (ftjax.slurm_options), the workdir's path included (the job's
+  # name and log paths).
+  check_text("--workdir", str(root))
   options = SlurmOptions.from_config(sweep_config)
-  options.additional_sbatch()  # a bad setting stops here, before anything is looked at
   if dry_run:
     p = plan(sweep_config, root, specs, launcher, **retry)
     print(describe_plan(p))

@@ -27,8 +27,11 @@ one `ftjax.train` run per cell, in <workdir>/<dataset>/<arch>/<strategy>/lr<lr>/
 - On a cluster: --launcher slurm submits the missing runs as one job array
   (ftjax.launch; docs/distributed.md).
 
-Subsets: --datasets isic2020,bach --archs resnet50 --strategies ft,lp --lrs 1e-4
---seeds 0,1; --dry_run lists the runs and their status. Retries: --retry_diverged,
+Subsets: --datasets isic2020,bach --strategies ft,lp --lrs 1e-4 --seeds 0,1;
+--archs resnet18,resnet50 sets the architectures; --dry_run lists the runs and
+their status. Every name and number is checked before a run is planned
+(ftjax.sweep_args): a typo is one `error:` line naming the flag or config field,
+the name and the valid names, and exit status 2. Retries: --retry_diverged,
 --retry_failed, --max_attempts 3.
 """
 
@@ -50,7 +53,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import ml_collections
 import tqdm
 
-from ftjax import cli_flags, compile_cache, data
+from ftjax import cli_flags, compile_cache, data, sweep_args
 from ftjax import run as run_lib
 from ftjax.data.prepared import prepared_builder
 from ftjax.models import registry
@@ -543,24 +546,23 @@ def summary_lines(summary: SweepSummary, workdir: str | pathlib.Path,
   return out, err
 
 
-def _split(value: str | None) -> list[str] | None:
-  return [v for v in value.split(",") if v] if value else None
-
-
 def main(argv) -> None:
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli_flags.usage_error(f"unexpected arguments {argv[1:]}; every option is a --flag.")
   f = flags.FLAGS
   if f.config is None:
-    raise app.UsageError("--config is required, e.g. --config configs/sweep_paper.py")
+    cli_flags.usage_error("--config is required, e.g. --config configs/sweep_paper.py")
+  # Every name and number is checked before a run is planned (a typo is one line,
+  # never a grid of runs that fail, or an array submitted to the cluster).
   try:
-    specs = grid(f.config, **{axis: _split(getattr(f, axis)) for axis in AXES})
+    sweep_args.check_config(f.config)
+    specs = grid(f.config, **sweep_args.choose(f.config, {a: getattr(f, a) for a in AXES}))
   except ValueError as error:
-    raise app.UsageError(str(error))
+    cli_flags.usage_error(str(error))
   launcher = f.launcher or f.config.get("launcher", "local")
   if launcher not in LAUNCHERS:
-    raise app.UsageError(f"config.launcher={launcher!r}: use one of {', '.join(LAUNCHERS)}.")
+    cli_flags.usage_error(f"config.launcher={launcher!r}: use one of {', '.join(LAUNCHERS)}.")
   if launcher != "local":
     from ftjax import launch  # pylint: disable=import-outside-toplevel
     try:
@@ -596,7 +598,9 @@ if __name__ == "__main__":
                                   " override with --config.base.num_epochs=10 etc.")
   flags.DEFINE_string("workdir", "runs/paper", "root of the run directories")
   for _axis in AXES:
-    flags.DEFINE_string(_axis, None, f"comma-separated subset of the sweep's {_axis}")
+    flags.DEFINE_string(_axis, None, "comma-separated architectures to run (any of the "
+                        "registry's; replaces the config's)" if _axis == "archs" else
+                        f"comma-separated subset of the sweep's {_axis}")
   flags.DEFINE_boolean("dry_run", False, "list the runs and their status; run nothing "
                        "(--launcher slurm: also print the sbatch script)")
   flags.DEFINE_enum("launcher", None, LAUNCHERS, "where runs go: local (this machine), "
