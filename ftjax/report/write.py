@@ -23,6 +23,8 @@ _CSS = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}"
 DEFINITIONS = f"""\
 - Cells: test split, mean ± standard error over seeds (SE = sample std (ddof=1) / sqrt(n)),
   in percent, at the learning rate selected for that (dataset, architecture, strategy).
+  "n=2 of 3": a mean over the 2 of the cell's 3 seeds whose results.json hold a value of
+  the metric; the tables' notes and "Means over fewer seeds" name the missing seeds.
 - Learning rate: highest mean over seeds of the validation value of the dataset's first
   main metric, among learning rates with the most finished seeds; ties: lower mean
   validation loss, then larger lr. The test split is never used for selection.
@@ -177,6 +179,7 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
     header += (f"\n## Ignored\n\n{len(study.ignored)} results.json file(s) under the workdir "
                f"are not counted:\n\n"
                + "".join(f"- `{where}`: {why}\n" for where, why in study.ignored.items()))
+  header += _fewer_seeds_section(study)
   recommendation = (f"## Recommendation\n\n{RECOMMENDATION_INTRO}\n"
                     f"{verdict_lib.recommendations(study, verdict, modalities)}\n"
                     f"{verdict_lib.lacking_note(verdict)}")
@@ -191,6 +194,24 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   (out / "index.html").write_text(_html(header, sections, images, recommendation))
   return {"report.md": out / "report.md", "index.html": out / "index.html",
           "cells.csv": out / "cells.csv", "summary.json": out / "summary.json"}
+
+
+def _fewer_seeds_section(study: collect.Study) -> str:
+  """Every mean that lacks some of its cell's seeds, with the seeds it is over."""
+  fewer = study.missing_by_cell()
+  if not fewer:
+    return ""
+  lines = []
+  for key, by_metric in sorted(fewer.items()):
+    for metric, missing in by_metric.items():
+      covered = study.metric_seeds[key].get(metric, [])
+      over = (f"mean over seed(s) {', '.join(map(str, covered))}" if covered
+              else "no seed has a value")
+      lines.append(f"- `{'/'.join(key)}` {metric}: {over}; no value in seed(s) "
+                   f"{', '.join(map(str, missing))}\n")
+  return (f"\n## Means over fewer seeds\n\n{len(lines)} mean(s) lack some of their "
+          f"cell's seeds (the results.json of those seeds hold no finite value of the "
+          f"metric); their cells say n=k of N:\n\n" + "".join(lines))
 
 
 def _html(header_md: str, sections, images, recommendation_md: str = "") -> str:
