@@ -70,7 +70,8 @@ def _misplaced(where: str, name: str, kind: str, argument: str) -> UnknownName |
   if other is None or other.endswith(f" {kind}"):
     return None
   example = f", e.g. {EXAMPLE[argument]!r}" if argument in EXAMPLE else ""
-  return UnknownName(f"{where}: {name!r} is {other}, not a {kind}; the argument is "
+  article = "an" if kind[0] in "aeiou" else "a"
+  return UnknownName(f"{where}: {name!r} is {other}, not {article} {kind}; the argument is "
                      f"{argument!r}{example}.")
 
 
