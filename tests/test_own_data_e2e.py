@@ -70,7 +70,7 @@ def test_folder_to_report_through_the_command_lines(tmp_path):
     assert results["test"]["count"] == 10  # 2 of 8 patients, 5 images each
 
   sweep_config = REPO / "configs" / "sweep_own.py"
-  cli("-m", "ftjax.sweep", f"--config={sweep_config}:chest_xr,resnet18",
+  cli("-m", "ftjax.sweep", f"--config={sweep_config}:chest_xr/resnet18",
       "--config.base.data_dir=data", *[f.replace("--config.", "--config.base.") for f in TINY],
       "--strategies=ft,lp", "--lrs=1e-3", "--seeds=0", "--workdir=sweep", cwd=tmp_path)
   done = sorted(p.parent.relative_to(tmp_path / "sweep").as_posix()
