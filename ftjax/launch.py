@@ -23,6 +23,11 @@ task resumes from the checkpoint to the result an uninterrupted run gets. A job
 killed before the epoch ends (its grace time was shorter than an epoch) resumes
 from the epoch before, to the same result.
 
+Before anything is listed or submitted, every `slurm` field that reaches the sbatch
+script, and the workdir whose path names the job and its logs, is checked
+(ftjax.slurm_options): a line break in a value, an unknown sbatch flag name, a
+non-positive number is one `error:` line.
+
 `launcher = "submitit_local"` runs the same tasks as local processes through
 submitit's LocalExecutor (to try the path without a cluster; the tests do).
 """

@@ -65,14 +65,17 @@ def what_it_is(name: str) -> str | None:
   return None
 
 
-def _misplaced(where: str, name: str, kind: str, argument: str) -> UnknownName | None:
+def _misplaced(where: str, name: str, kind: str, argument: str, valid: str
+               ) -> UnknownName | None:
+  """The refusal of a name of another kind (an arch where a dataset goes), or None."""
   other = what_it_is(name)
   if other is None or other.endswith(f" {kind}"):
     return None
+  order = f"; the argument is {argument!r}" if argument else ""
   example = f", e.g. {EXAMPLE[argument]!r}" if argument in EXAMPLE else ""
   article = "an" if kind[0] in "aeiou" else "a"
-  return UnknownName(f"{where}: {name!r} is {other}, not {article} {kind}; the argument is "
-                     f"{argument!r}{example}.")
+  return UnknownName(f"{where}: {name!r} is {other}, not {article} {kind}{order}{example}; "
+                     f"valid {kind} names: {valid}.")
 
 
 def check_names(where: str, axis: str, names: Sequence[str], valid: Sequence[str],
@@ -81,8 +84,8 @@ def check_names(where: str, axis: str, names: Sequence[str], valid: Sequence[str
   names = _listed(where, axis, names)
   for name in names:
     if name not in valid:
-      raise (argument and _misplaced(where, name, KIND[axis], argument)) or unknown(
-          where, KIND[axis], name, valid)
+      raise (_misplaced(where, name, KIND[axis], argument, ", ".join(valid))
+             or unknown(where, KIND[axis], name, valid))
   return names
 
 
@@ -94,7 +97,8 @@ def check_dataset_names(where: str, names: Sequence[str], argument: str = ""
   names = _listed(where, "datasets", names)
   builtin = data.list_datasets()
   for name in names:
-    misplaced = _misplaced(where, name, "dataset", argument or where)
+    misplaced = _misplaced(where, name, "dataset", argument,
+                           f"{', '.join(builtin)} or your own dataset's")
     if misplaced is not None:
       raise misplaced
     if name not in builtin and not user.NAME_RE.fullmatch(name):

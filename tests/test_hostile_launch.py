@@ -77,12 +77,14 @@ def _check_names(tmp_path: pathlib.Path, chosen) -> None:
       # A name in the wrong place: resnet18 is not taken for a dataset.
       "arch as dataset": ([*SWEEP, "--config", "configs/sweep_extended.py:resnet18", *dry],
                           ["configs/sweep_extended.py:resnet18:", "'resnet18' is an "
-                           "architecture, not a dataset", "'datasets[/archs[/strategies]]'"]),
+                           "architecture, not a dataset", "'datasets[/archs[/strategies]]'",
+                           "valid dataset names: bach, brain_tumor_mri,"]),
       # The old 'dataset,arch' of sweep_own: told the order, not a second dataset.
       "old order": ([*SWEEP, "--config", "configs/sweep_own.py:knee_xr,resnet18", *dry],
                     ["'resnet18' is an architecture, not a dataset", "knee_xr,bach/resnet18"]),
       "strategy as arch": ([*SWEEP, "--config", "configs/sweep_paper.py:bach/lp_ft", *dry],
-                           ["'lp_ft' is a strategy, not an architecture"]),
+                           ["'lp_ft' is a strategy, not an architecture",
+                            "valid architecture names: resnet18, resnet34,"]),
       "arch typo": ([*SWEEP, "--config", "configs/sweep_paper.py:bach/resnet5", *dry],
                     ["unknown architecture 'resnet5'; valid: resnet18,", "Did you mean "
                      "'resnet50'?"]),
