@@ -33,7 +33,9 @@ def parse(argv: list[str]) -> list[str]:
   config file's refusal of its argument (configs/base.py:resnet18,ft) in a traceback.
   """
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    _check_config_loaded(argv)
+    return rest
   except flags.IllegalFlagValueError as error:
     refused = _REFUSED_ARGUMENT.search(str(error))
     if refused:
@@ -55,6 +57,19 @@ def parse(argv: list[str]) -> list[str]:
           usage_error(f"{arg}: {where} has no field {name!r}; its fields: {valid}.")
         fields = fields[name]
     raise
+
+
+def _check_config_loaded(argv: list[str]) -> None:
+  """A --config file that cannot be loaded (missing, unreadable) as one error line:
+  ml_collections defers that error to the config's first use, as a traceback."""
+  if "config" not in flags.FLAGS or flags.FLAGS.config is None:
+    return
+  try:
+    flags.FLAGS.config.get("base")  # any use of a config that failed to load raises
+  except OSError as error:
+    reason = str(error).strip().splitlines()[-1].strip()
+    usage_error(f"--config={_flag_argument(argv, 'config')}: the config file cannot be "
+                f"loaded ({reason}).")
 
 
 def _flag_argument(argv: list[str], name: str) -> str | None:

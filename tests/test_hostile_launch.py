@@ -121,6 +121,9 @@ def _check_names(tmp_path: pathlib.Path, chosen) -> None:
       "runs_per_gpu 0": ([*SWEEP, *demo, "--config.runs_per_gpu=0"],
                          ["config.runs_per_gpu=0: must be a whole number >= 1"]),
       "missing config": ([*SWEEP, *dry], ["--config is required"]),
+      "config file missing": ([*SWEEP, "--config", "configs/sweep_papr.py", *dry],
+                              ["--config=configs/sweep_papr.py: the config file cannot be "
+                               "loaded ([Errno 2] No such file"]),
       # The same checks for a training run's config argument.
       "train: arch as strategy": ([sys.executable, "-m", "ftjax.train", "--config",
                                    "configs/base.py:bach,resnet18", "--workdir", str(workdir)],
