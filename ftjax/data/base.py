@@ -334,6 +334,15 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._remove_leftovers()
       prepare()
 
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded
+  # and prepared" even though nothing is downloaded here (the images come from
+  # manual_dir); prepare prints its own summary of what it wrote.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _config_dir(self) -> Path:
     return Path(os.fspath(self.data_path)).parent
 

@@ -28,6 +28,31 @@ def summary(builder: ImageBuilder) -> dict:
   return out
 
 
+def groups_per_split(meta: dict, examples: dict[str, int]) -> dict[str, tuple[int, str]]:
+  """split -> (resampling units, "patients" or "images"): the patients where the split
+  has patient ids (metadata "patients"), else its images."""
+  patients = meta.get("patients", {})
+  return {split: (patients[split], "patients") if patients.get(split)
+          else (n, "images") for split, n in examples.items()}
+
+
+def group_lines(meta: dict, examples: dict[str, int], minimum: int
+                ) -> tuple[list[str], list[str]]:
+  """Per split, its images and patients; and a warning for each split with fewer
+  patients (images without patient ids) than `minimum`."""
+  lines, warnings = [], []
+  for split, (count, unit) in groups_per_split(meta, examples).items():
+    lines.append(f"{split}: {examples[split]} images, "
+                 + (f"{count} patients" if unit == "patients" else "no patient ids"))
+    if count < minimum:
+      warnings.append(
+          f"warning: {split} has {count} {unit}, fewer than {minimum}: the report gives "
+          f"its comparisons no interval and no win/tie/loss call (report "
+          f"--min_test_groups); give that split more {unit} (val_fraction, "
+          f"test_fraction, num_test options).")
+  return lines, warnings
+
+
 def contact_sheet(builder: ImageBuilder, out: str | Path, split: str = "train",
                   per_class: int = 6, thumb: int = 112) -> Path:
   """PNG grid: one row per class with the first ``per_class`` examples of it."""

@@ -40,10 +40,7 @@ from ftjax import metrics as metrics_lib
 DEFAULT_RESAMPLES = 1000
 DEFAULT_ROPE = 1.0  # points of the metric (the report's metrics are percent)
 DEFAULT_SEED = 0
-# Below this many test groups (patients, or images without patient ids) an
-# interval and a win/tie/loss call say nothing: with one patient every resample
-# is that patient, and the interval collapses to a point.
-DEFAULT_MIN_TEST_GROUPS = 10
+DEFAULT_MIN_TEST_GROUPS = metrics_lib.MIN_TEST_GROUPS  # fewer: no verdict
 LEVEL = 0.95
 ALPHA = 0.05
 
