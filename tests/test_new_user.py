@@ -123,3 +123,165 @@ def test_plain_accuracy_and_confusion_matrix_equal_sklearn(small):
     assert _row(markdown, confusion_title, str(true_class))[1:] == [
         str(v) for v in matrix[true_class]]
   assert "### findings: confusion matrix" not in markdown  # multi-label: none
+
+
+# --- Command lines ---------------------------------------------------------------
+
+
+def cli(*args, cwd, env=None) -> subprocess.CompletedProcess:
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", **(env or {})}
+  return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+  lines = [l for l in done.stderr.splitlines() if l.strip()]
+  assert done.returncode != 0 and len(lines) == 1, done.stderr[-2000:]
+  assert lines[0].startswith("error: "), lines
+  return lines[0]
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_help_exits_zero(module, tmp_path):
+  done = cli("-m", module, "--help", cwd=tmp_path)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "usage" in done.stdout.lower() or "flags:" in done.stdout.lower()
+
+
+def test_data_help_says_what_prepare_and_inspect_do(tmp_path):
+  out = cli("-m", "ftjax.data", "--help", cwd=tmp_path).stdout
+  assert "prepare" in out and "write it under --data_dir" in out
+  assert "inspect" in out and "contact sheet" in out
+
+
+@pytest.mark.parametrize("module", ["ftjax.train", "ftjax.sweep", "ftjax.multirun"])
+def test_missing_config_file_is_one_line(module, tmp_path):
+  line = one_error_line(cli("-m", module, "--config=configs/nope.py", cwd=tmp_path))
+  assert "--config configs/nope.py: no such file" in line
+
+
+def _folder(root: pathlib.Path, per_class: int, patients: int = 0) -> pathlib.Path:
+  from tests.test_own_data import write_image
+  for label in ("a", "b"):
+    for i in range(per_class):
+      prefix = f"p{label}{i % patients}_" if patients else ""
+      write_image(root / label / f"{prefix}{i}.png", seed=i)
+  return root
+
+
+def _prepare(tmp_path, *extra) -> subprocess.CompletedProcess:
+  return cli("-m", "ftjax.data", "prepare", "--dataset", "folder", "--manual_dir", "m",
+             "--resize", "32", "--workers", "1", *extra, cwd=tmp_path)
+
+
+def test_prepare_needs_a_name_and_says_what_it_is_for(tmp_path):
+  _folder(tmp_path / "m", 4)
+  line = one_error_line(_prepare(tmp_path))
+  assert "needs --name" in line and "--config.dataset=NAME" in line
+  assert not (tmp_path / "data").exists()
+
+
+def test_prepare_counts_patients_per_split_warns_and_reruns_the_same(tmp_path):
+  _folder(tmp_path / "m", 12, patients=6)  # 6 patients per class
+  runs = [_prepare(tmp_path, "--name", "knee", "--option", r"patient_pattern=(p\w\d)_",
+                   "--option", "test_fraction=0.34") for _ in range(2)]
+  for done in runs:
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Downloading and preparing" not in done.stdout + done.stderr
+    assert "INFO" not in done.stderr and "Using custom data configuration" not in done.stderr
+  assert runs[0].stdout == runs[1].stdout  # the rerun reads what the first one wrote
+  from ftjax.data.prepared import get_dataset
+  builder = get_dataset("knee", tmp_path / "data").create(tmp_path / "data", resize=32)
+  for split in ("train", "validation", "test"):
+    source = builder.as_data_source(split)
+    patients = len({source[i]["patient_id"] for i in range(len(source))})
+    assert f"  {split}: {len(source)} images, {patients} patients" in runs[0].stdout
+    warned = f"warning: {split} has {patients} patients, fewer than 10" in runs[0].stderr
+    assert warned == (patients < 10)
+  assert "data/knee" in runs[0].stdout  # the default --data_dir, as config.data_dir
+
+
+def test_small_prepared_images_get_a_crop_of_their_size(tmp_path, capsys):
+  from configs import base
+  from ftjax import experiment
+  from ftjax.data.__main__ import main as data_main
+  _folder(tmp_path / "m", 10)
+  assert data_main(["prepare", "--dataset", "folder", "--name", "tiny", "--manual_dir",
+                    str(tmp_path / "m"), "--data_dir", str(tmp_path / "d"), "--resize",
+                    "32", "--workers", "1"]) == 0
+  capsys.readouterr()
+  config = base.get_config("tiny,ft,resnet18")
+  config.data_dir, config.resize, config.batch_size = str(tmp_path / "d"), 32, 4
+  exp = experiment.load(config)
+  assert exp.config.crop == 32
+  assert "config.crop: 32, the prepared size" in capsys.readouterr().err
+  config.crop = 48  # chosen by the user: refused, naming the flag
+  with pytest.raises(ValueError, match=r"config.crop \(48\) is larger than the prepared "
+                     r"images \(config.resize=32\): set --config.crop=32"):
+    experiment.load(config)
+
+
+def test_crop_larger_than_the_prepared_size_is_one_line_naming_the_flag(tmp_path):
+  line = one_error_line(cli("-m", "ftjax.train", f"--config={REPO}/configs/demo.py",
+                            "--config.resize=32", "--config.crop=48", "--workdir=run",
+                            cwd=tmp_path))
+  assert "--config.crop=32" in line
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("strategy,options,option", [
+    ("lp_ft", ["--config.strategy_options.lp_epochs=3"], "lp_epochs"),
+    ("wise_ft", ["--config.strategy_options.lp_epochs=3"], "lp_epochs"),
+    ("g_lf", ["--config.strategy_options.unfreeze_every=3"], "unfreeze_every")])
+def test_a_plan_that_never_leaves_the_head_is_refused(tmp_path, strategy, options, option):
+  line = one_error_line(cli("-m", "ftjax.train", f"--config={REPO}/configs/demo.py",
+                            f"--config.strategy={strategy}", "--config.num_epochs=3",
+                            *options, "--workdir=run", cwd=tmp_path))
+  assert f"strategy {strategy}: config.num_epochs=3 ends within the plan's first" in line
+  assert f"--config.strategy_options.{option}" in line
+  assert not (tmp_path / "run").exists()
+
+
+def test_every_strategy_is_checked_against_num_epochs():
+  from ftjax.strategies import STRATEGIES, get_strategy
+  from ftjax.strategies.registry import check_plan
+  for name in STRATEGIES:
+    strategy = get_strategy(name, "resnet18", {"lp_epochs": 2, "unfreeze_every": 2,
+                                               "phases": "head:2; all"})
+    if len(strategy.plan.phases) > 1:
+      with pytest.raises(ValueError, match=f"strategy {name}: config.num_epochs=2 "):
+        check_plan(name, strategy.plan, 2, strategy.options)
+    assert check_plan(name, strategy.plan, 100, strategy.options) is None
+  g_fl = get_strategy("g_fl", "resnet18")  # one block per epoch: cut short at 3
+  assert "stops before the plan's last phase" in check_plan("g_fl", g_fl.plan, 3,
+                                                            g_fl.options)
+
+
+def test_library_logging_is_quiet_unless_asked(monkeypatch):
+  from absl import logging
+  from ftjax import logging_utils
+  before = logging.get_verbosity()
+  try:
+    monkeypatch.delenv(logging_utils.VERBOSITY_ENV, raising=False)
+    logging_utils.quiet_libraries()
+    assert logging.get_verbosity() == logging.ERROR
+    monkeypatch.setenv(logging_utils.VERBOSITY_ENV, "info")
+    logging_utils.quiet_libraries()
+    assert logging.get_verbosity() == logging.INFO
+  finally:
+    logging.set_verbosity(before)
+
+
+@pytest.mark.slow
+def test_prepare_at_32_then_train_at_32_runs_and_reruns_as_finished(tmp_path):
+  _folder(tmp_path / "m", 10)
+  assert _prepare(tmp_path, "--name", "tiny").returncode == 0
+  args = ("-m", "ftjax.train", f"--config={REPO}/configs/base.py:tiny,ft,resnet18",
+          "--config.resize=32", "--config.init=random", "--config.num_epochs=1",
+          "--config.batch_size=4", "--config.progress=False", "--workdir=run")
+  first, again = cli(*args, cwd=tmp_path), cli(*args, cwd=tmp_path)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert "config.crop: 32" in first.stderr and "INFO" not in first.stderr
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert results["epochs_run"] == 1 and results["test"]["count"] > 0
+  assert again.returncode == 0 and "this run has finished" in again.stdout
