@@ -285,3 +285,22 @@ def test_prepare_at_32_then_train_at_32_runs_and_reruns_as_finished(tmp_path):
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   assert results["epochs_run"] == 1 and results["test"]["count"] > 0
   assert again.returncode == 0 and "this run has finished" in again.stdout
+
+
+def test_demo_shows_progress_within_an_epoch_on_a_terminal_only(monkeypatch):
+  import io
+  from configs import demo
+  from ftjax import loop
+
+  class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+      return True
+
+  config = demo.get_config()
+  assert config.progress  # the demo asks for bars; tqdm shows them on a terminal only
+  for stream, shown in ((io.StringIO(), False), (Terminal(), True)):
+    monkeypatch.setattr(sys, "stderr", stream)
+    bar = loop.progress_bar(config, 0, 10, "training")
+    bar.update(5)
+    bar.close()
+    assert ("epoch 1/6 [training]" in stream.getvalue()) == shown
