@@ -41,14 +41,13 @@ def parse(argv: list[str]) -> list[str]:
 
 def _exit_on_missing_config_file(argv: list[str]) -> None:
   """ml_collections reports an unreadable config file as a long traceback on first use."""
-  for name in ("config",):
-    given = _flag_argument(argv, name)
-    if name in flags.FLAGS and given is not None:
-      path = given.split(":", 1)[0]  # configs/base.py:bach,ft passes "bach,ft" to it
-      if not os.path.isfile(path):
-        print(f"error: --{name} {path}: no such file; give a config file, e.g. one of "
-              f"configs/*.py.", file=sys.stderr)
-        sys.exit(2)
+  given = _flag_argument(argv, "config")
+  if "config" in flags.FLAGS and given is not None:
+    path = given.split(":", 1)[0]  # configs/base.py:bach,ft passes "bach,ft" to it
+    if not os.path.isfile(path):
+      print(f"error: --config {path}: no such file; give a config file, e.g. one of "
+            f"configs/*.py.", file=sys.stderr)
+      sys.exit(2)
 
 
 def _exit_on_missing_field(argv: list[str]) -> None:
