@@ -81,6 +81,7 @@ def test_one_test_patient_gets_no_interval_and_no_call(small):
                       min_test_groups=50)
   strict = (root / "strict" / "report.md").read_text()
   assert "too few test images (40) for a verdict" in _bullet(strict, "knee_xr")
+  assert "### Wins, ties and losses" in markdown and "### Wins, ties and losses" not in strict
 
 
 def test_recommendation_starts_by_saying_validation_and_test_disagree(small):

@@ -123,7 +123,9 @@ def verdict_sections(study: collect.Study, verdict: verdict_lib.Verdict,
   how_sure = [verdict_lib.interval_table(study, verdict, d) for d in datasets]
   how_sure += [t for t in (verdict_lib.difference_table(study, verdict, d) for d in datasets)
                if t]
-  how_sure.append(verdict_lib.win_tie_loss_table(study, verdict))
+  tally = verdict_lib.win_tie_loss_table(study, verdict)
+  if tally.rows:  # none where no dataset has a call (too few test patients everywhere)
+    how_sure.append(tally)
   ranks = verdict_lib.rank_tests(study.cells, metrics, archs, figures_dir)
   sections = {"How sure: bootstrap intervals and paired differences to FT": how_sure}
   if ranks.table.rows:  # fewer than 2 cells or 2 strategies: no test to show
