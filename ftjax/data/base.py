@@ -420,7 +420,8 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
              for e in examples]
     workers = self.num_workers or os.cpu_count() or 1
     bar = tqdm.tqdm(total=len(tasks), desc=f"{self.name}/{self.builder_config.name} {split}",
-                    unit="img", dynamic_ncols=True)
+                    unit="img", dynamic_ncols=True,
+                    disable=None)  # a terminal only: no carriage-return frames in logs
     written = 0
     with bar, _map(tasks, workers) as results:
       for example, (ok, value) in zip(examples, results):
