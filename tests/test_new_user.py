@@ -174,6 +174,20 @@ def _folder(root: pathlib.Path, per_class: int, patients: int = 0) -> pathlib.Pa
   return root
 
 
+def test_report_command_takes_the_minimum_and_a_rerun_writes_the_same(small):
+  root = small[3]
+  args = ("-m", "ftjax.report", "--workdir=runs", "--out=cli", "--bootstrap=20",
+          "--nofigures", "--min_test_groups=50")
+  first = cli(*args, cwd=root)
+  assert first.returncode == 0, first.stderr[-2000:]
+  markdown = (root / "cli" / "report.md").read_text()
+  assert "too few test images (40) for a verdict" in _bullet(markdown, "knee_xr")
+  assert cli(*args, cwd=root).returncode == 0
+  assert (root / "cli" / "report.md").read_text() == markdown
+  line = one_error_line(cli("-m", "ftjax.report", "--workdir=nowhere", "--out=x", cwd=root))
+  assert "No results.json of a run directory under nowhere" in line
+
+
 def _prepare(tmp_path, *extra) -> subprocess.CompletedProcess:
   return cli("-m", "ftjax.data", "prepare", "--dataset", "folder", "--manual_dir", "m",
              "--resize", "32", "--workers", "1", *extra, cwd=tmp_path)
