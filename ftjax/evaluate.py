@@ -10,7 +10,7 @@ import json
 import pathlib
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 import ml_collections
 
 from ftjax import cli_flags, step
@@ -57,7 +57,6 @@ def evaluate_run(workdir: str | pathlib.Path, split: str = "test",
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.ERROR)  # orbax and TFDS are chatty at INFO
   try:
     print(json.dumps(evaluate_run(flags.FLAGS.workdir, flags.FLAGS.split,
                                   flags.FLAGS.checkpoint), indent=2))

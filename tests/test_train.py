@@ -47,6 +47,7 @@ def tiny_config(data_dir, strategy, **overrides):
   config.num_epochs = 2
   config.progress = False
   config.strategy_options.lp_epochs = 1
+  config.strategy_options.phases = "head:1; all"  # past the head within num_epochs
   config.strategy_options.rgn_batches = 2
   for key, value in overrides.items():
     config[key] = value

@@ -376,6 +376,15 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._remove_leftovers()
       prepare()
 
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded
+  # and prepared" even though nothing is downloaded here (the images come from
+  # manual_dir); prepare prints its own summary of what it wrote.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _config_dir(self) -> Path:
     return Path(os.fspath(self.data_path)).parent
 
@@ -462,7 +471,8 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
              for e in examples]
     workers = self.num_workers or os.cpu_count() or 1
     bar = tqdm.tqdm(total=len(tasks), desc=f"{self.name}/{self.builder_config.name} {split}",
-                    unit="img", dynamic_ncols=True)
+                    unit="img", dynamic_ncols=True,
+                    disable=None)  # a terminal only: no carriage-return frames in logs
     written = 0
     with bar, _map(tasks, workers) as results:
       for example, (ok, value) in zip(examples, results):

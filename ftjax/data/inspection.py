@@ -36,6 +36,35 @@ def summary(builder: ImageBuilder) -> dict:
   return out
 
 
+def groups_per_split(meta: dict, examples: dict[str, int]) -> dict[str, tuple[int, str]]:
+  """split -> (resampling units, "patients" or "images"): the patients where the split
+  has patient ids (metadata "patients"), else its images."""
+  patients = meta.get("patients", {})
+  return {split: (patients[split], "patients") if patients.get(split)
+          else (n, "images") for split, n in examples.items()}
+
+
+# What a split with too few patients costs.
+_TOO_FEW = {"validation": "the learning rate and strategy chosen on it are a coin toss",
+            "test": "the report gives no interval and no win/tie/loss call on it "
+                    "(report --min_test_groups)"}
+
+
+def group_lines(meta: dict, examples: dict[str, int], minimum: int
+                ) -> tuple[list[str], list[str]]:
+  """Per split, its images and patients; and a warning for the validation or test
+  split with fewer patients (images without patient ids) than `minimum`."""
+  lines, warnings = [], []
+  for split, (count, unit) in groups_per_split(meta, examples).items():
+    lines.append(f"{split}: {examples[split]} images, "
+                 + (f"{count} patients" if unit == "patients" else "no patient ids"))
+    if split in _TOO_FEW and count < minimum:
+      warnings.append(f"warning: {split} has {count} {unit}, fewer than {minimum}: "
+                      f"{_TOO_FEW[split]}; give it more {unit} (the val_fraction, "
+                      f"test_fraction or num_test option).")
+  return lines, warnings
+
+
 def contact_sheet(builder: ImageBuilder, out: str | Path, split: str = "train",
                   per_class: int = 6, thumb: int = 112) -> Path:
   """PNG grid: one row per class with the first ``per_class`` examples of it."""

@@ -71,6 +71,7 @@ def train_group(config: ml_collections.ConfigDict, lrs: Sequence[float],
     raise ValueError("config.cache_features is for single ftjax.train runs; LP on cached "
                      "features is a few matmuls per epoch already. Set "
                      "--config.cache_features=False, or run each LP with ftjax.train.")
+  experiment.fit_crop(config)
   configs = run_configs(config, lrs, seeds)
   for run_config in configs:
     experiment.check_config(run_config)

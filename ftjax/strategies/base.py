@@ -106,6 +106,9 @@ class Definition:
   options: type = SharedOptions
   build: Callable[[Arch, Any], Built] = None  # type: ignore[assignment]
   uses_lr: bool = True  # False: training-free (the sweep runs it once per seed)
+  # The options that set how long the plan's phases last (named when a plan does
+  # not fit in config.num_epochs).
+  plan_options: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

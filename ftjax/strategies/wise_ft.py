@@ -190,5 +190,6 @@ def _build(arch, options: Options) -> Built:
 
 DEFINITIONS = (
     Definition("wise_ft", "LP-FT, then the weight-space mix (1 - alpha) LP + alpha FT "
-               "with alpha chosen on validation from `wise_alphas`", Options, _build),
+               "with alpha chosen on validation from `wise_alphas`", Options, _build,
+               plan_options=("lp_epochs",)),
 )
