@@ -97,7 +97,7 @@ def sweep_config(where: str, arg: str | None, run_config: ml_collections.ConfigD
     raise names.UnknownName(f"{where}: name your dataset(s), as prepared with python -m "
                             f"ftjax.data prepare --name; the argument is "
                             f"{names.SWEEP_ARGUMENT!r}, e.g. knee_xr/resnet50.")
-  from ftjax import launch  # pylint: disable=import-outside-toplevel
+  from ftjax.sweep import slurm as launch  # pylint: disable=import-outside-toplevel
   config = ml_collections.ConfigDict()
   config.base = run_config
   options = dataset_options(*datasets)

@@ -19,7 +19,7 @@ import pytest
 
 from configs import sweep_demo, sweep_extended, sweep_own
 from ftjax import names, report, sweep, sweep_args
-from ftjax.slurm_options import LaunchError, SlurmOptions
+from ftjax.sweep.slurm_options import LaunchError, SlurmOptions
 from tests.test_sweep_report import write_result
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -43,7 +43,7 @@ class Preempted(BaseException):
   """
 
 
-# Set by `request_stop` (a cluster job's signal handler, ftjax.launch); read by
+# Set by `request_stop` (a cluster job's signal handler, ftjax.sweep.slurm); read by
 # run_epochs after each epoch's checkpoint.
 stop_requested = threading.Event()
 

@@ -13,7 +13,7 @@ they come from (submitit.slurm.slurm._make_sbatch_string):
   --gpus-per-task                 slurm.gpus_per_task (>= 0; 0 leaves it out)
   --mem                           slurm.mem_gb (> 0, at least 1 MB)
   --array=0-N%P                   the runs; P = slurm.array_parallelism (>= 1)
-  --job-name, --output, --error   the workdir (ftjax.launch checks it)
+  --job-name, --output, --error   the workdir (ftjax.sweep.slurm checks it)
   --nodes, --ntasks-per-node, --open-mode, --signal, --wckey: fixed
   anything else                   slurm.additional, name=value pairs
 slurm.max_requeues (>= 0) is not in the script: submitit requeues that often.

@@ -6,7 +6,7 @@
 run on a login node, lists every run's status and submits the runs that are
 neither finished, nor running, nor queued, as one job array (one array task per
 run; `--dry_run` prints the sbatch script instead). Each task is `RunTask`: the
-local sweep's own path for one run (`sweep.run_sweep` on that one run, in
+local sweep's own path for one run (`local.run_sweep` on that one run, in
 process), so it writes the same run directory, takes the same lock and records
 failures and divergence the same way.
 
@@ -25,7 +25,7 @@ from the epoch before, to the same result.
 
 Before anything is listed or submitted, every `slurm` field that reaches the sbatch
 script, and the workdir whose path names the job and its logs, is checked
-(ftjax.slurm_options): a line break in a value, an unknown sbatch flag name, a
+(ftjax.sweep.slurm_options): a line break in a value, an unknown sbatch flag name, a
 non-positive number is one `error:` line.
 
 `launcher = "submitit_local"` runs the same tasks as local processes through
@@ -50,12 +50,13 @@ import ml_collections
 from ml_collections import config_dict
 import submitit
 
-from ftjax import compile_cache, sweep
+from ftjax import compile_cache
 from ftjax.engine import loop
 from ftjax import run as run_lib
-from ftjax.slurm_options import LaunchError, SlurmOptions, check_text
+from ftjax.sweep import local, plan
+from ftjax.sweep.slurm_options import LaunchError, SlurmOptions, check_text
 
-LAUNCHERS = sweep.LAUNCHERS
+LAUNCHERS = plan.LAUNCHERS
 SUBMITIT_DIR = ".submitit"  # submitit's pickles and job logs, inside the sweep workdir
 SUBMITTED_NAME = "submitted.json"  # run name -> the job that was submitted for it
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # plus submitit's own (SIGUSR2)
@@ -99,25 +100,25 @@ class RunTask(submitit.helpers.Checkpointable):
 
   def __init__(self, sweep_config: ml_collections.ConfigDict, workdir: str,
                retry_diverged: bool = False, retry_failed: bool = False,
-               max_attempts: int = sweep.MAX_ATTEMPTS):
+               max_attempts: int = plan.MAX_ATTEMPTS):
     self.sweep_config = sweep_config
     self.workdir = workdir
     self.retry = dict(retry_diverged=retry_diverged, retry_failed=retry_failed,
                       max_attempts=max_attempts)
 
-  def __call__(self, spec: sweep.RunSpec) -> dict[str, Any]:
+  def __call__(self, spec: plan.RunSpec) -> dict[str, Any]:
     requeue = _stop_at_safe_point()
-    os.environ.update(sweep.memory_environment(int(self.sweep_config.get("runs_per_gpu", 1))))
+    os.environ.update(local.memory_environment(int(self.sweep_config.get("runs_per_gpu", 1))))
     compile_cache.enable(compile_cache.directory(self.sweep_config, self.workdir))
     stats = compile_cache.watch()
     try:
-      summary = sweep.run_sweep(self.sweep_config, self.workdir, [spec], devices=1,
-                                runner=sweep.run_in_process, progress=False, **self.retry)
+      summary = local.run_sweep(self.sweep_config, self.workdir, [spec], devices=1,
+                                runner=local.run_in_process, progress=False, **self.retry)
     except loop.Preempted as preempted:
       print(f"{spec.name}: {preempted}; asking to be requeued.", flush=True)
       requeue()
       raise
-    out, err = sweep.summary_lines(summary, self.workdir, self.retry["max_attempts"])
+    out, err = plan.summary_lines(summary, self.workdir, self.retry["max_attempts"])
     print("\n".join(out + err), flush=True)
     print(f"compile cache: {stats.hits} hits, {stats.misses} misses, "
           f"{stats.compile_seconds:.1f} s compiling", flush=True)
@@ -206,19 +207,19 @@ def _process_alive(pid: int) -> bool:
 @dataclasses.dataclass
 class Plan:
   """Each run's status and what to do with it."""
-  states: dict[sweep.RunSpec, str]
-  queued: dict[sweep.RunSpec, str]  # run -> its job, still in the queue
-  not_retried: dict[sweep.RunSpec, str]  # run -> "diverged" / "given up"
-  submit: list[sweep.RunSpec]
+  states: dict[plan.RunSpec, str]
+  queued: dict[plan.RunSpec, str]  # run -> its job, still in the queue
+  not_retried: dict[plan.RunSpec, str]  # run -> "diverged" / "given up"
+  submit: list[plan.RunSpec]
 
 
 def plan(sweep_config: ml_collections.ConfigDict, workdir: pathlib.Path,
-         specs: Sequence[sweep.RunSpec], launcher: str, *, retry_diverged: bool = False,
-         retry_failed: bool = False, max_attempts: int = sweep.MAX_ATTEMPTS) -> Plan:
+         specs: Sequence[plan.RunSpec], launcher: str, *, retry_diverged: bool = False,
+         retry_failed: bool = False, max_attempts: int = plan.MAX_ATTEMPTS) -> Plan:
   """The rule: a run is submitted unless it is done, running (its lock is held),
   queued (its recorded job is still queued), or not to be retried (diverged, or
   failed max_attempts times) -- the local sweep's rules, plus the queue."""
-  states = {s: sweep.status(s.directory(workdir), sweep.expected_identity(
+  states = {s: run_lib.status(s.directory(workdir), plan.expected_identity(
       s.config(sweep_config.base))) for s in specs}
   unfinished = {s.name for s in specs if states[s] not in NOT_SUBMITTED}
   recorded = {name: str(entry.get("job_id")) for name, entry in read_submitted(workdir).items()
@@ -228,7 +229,7 @@ def plan(sweep_config: ml_collections.ConfigDict, workdir: pathlib.Path,
   queued = {s: recorded[s.name] for s in specs if recorded.get(s.name) in alive}
   skipped = {}
   for spec in specs:
-    reason = sweep.not_retried(spec.directory(workdir), retry_diverged=retry_diverged,
+    reason = plan.not_retried(spec.directory(workdir), retry_diverged=retry_diverged,
                                retry_failed=retry_failed, max_attempts=max_attempts)
     if reason and states[spec] not in NOT_SUBMITTED:
       skipped[spec] = reason
@@ -286,7 +287,7 @@ def job_name(workdir: pathlib.Path) -> str:
 
 
 def submit(sweep_config: ml_collections.ConfigDict, workdir: pathlib.Path,
-           specs: Sequence[sweep.RunSpec], launcher: str, **retry: Any) -> list[Any]:
+           specs: Sequence[plan.RunSpec], launcher: str, **retry: Any) -> list[Any]:
   """Submits the plan's runs as one job array; records and returns the jobs."""
   p = plan(sweep_config, workdir, specs, launcher, **retry)
   print(describe_plan(p), flush=True)
@@ -313,13 +314,13 @@ def wait(jobs: Sequence[Any], launcher: str, poll_seconds: float) -> None:
     time.sleep(poll_seconds)
 
 
-def main(sweep_config: ml_collections.ConfigDict, workdir: str, specs: Sequence[sweep.RunSpec],
+def main(sweep_config: ml_collections.ConfigDict, workdir: str, specs: Sequence[plan.RunSpec],
          launcher: str, *, dry_run: bool, wait_for_jobs: bool, poll_seconds: float,
          **retry: Any) -> int:
   """`ftjax.sweep --launcher slurm|submitit_local`; returns the exit status."""
   root = pathlib.Path(workdir).absolute()
   # A bad setting stops here, before anything is looked at: every field of the
-  # sbatch script (ftjax.slurm_options), the workdir's path included (the job's
+  # sbatch script (ftjax.sweep.slurm_options), the workdir's path included (the job's
   # name and log paths).
   check_text("--workdir", str(root))
   options = SlurmOptions.from_config(sweep_config)
