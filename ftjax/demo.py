@@ -57,5 +57,10 @@ def main(argv: list[str] | None = None) -> None:
   print(f"\nResults and metrics.jsonl of each run are in {args.workdir}/<strategy>/.")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`."""
   main()
+
+
+if __name__ == "__main__":
+  cli()

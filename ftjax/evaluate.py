@@ -65,9 +65,14 @@ def main(argv) -> None:
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`."""
   flags.DEFINE_string("workdir", None, "a run directory of ftjax.train", required=True)
   flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "split")
   flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                     "the best epoch by validation, or the last one")
   app.run(main, flags_parser=cli_flags.parse)
+
+
+if __name__ == "__main__":
+  cli()

@@ -36,7 +36,8 @@ def main(argv) -> None:
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`."""
   config_flags.DEFINE_config_file("config", None, "ml_collections config file (one "
                                   "dataset, arch and strategy).")
   flags.DEFINE_string("lrs", None, "comma-separated learning rates (default: config.lr)")
@@ -46,3 +47,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", "runs", "root of the run directories "
                       "(<dataset>/<arch>/<strategy>/lr<lr>/seed<seed>/ under it)")
   app.run(main, flags_parser=cli_flags.parse)
+
+
+if __name__ == "__main__":
+  cli()

@@ -38,9 +38,9 @@ def main(argv) -> None:
   cli_flags.run_cli(argv, "configs/isic_lp.py", run)
 
 
-if __name__ == "__main__":
-  # Flags are defined only for the command line, so that importing this module
-  # defines none.
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`. Flags are
+  defined here only, so that importing this module defines none."""
   config_flags.DEFINE_config_file("config", None, "ml_collections config file; override "
                                   "fields with --config.FIELD=VALUE.")
   flags.DEFINE_string("workdir", None, "run directory (default: runs/<dataset>/<arch>/"
@@ -48,3 +48,7 @@ if __name__ == "__main__":
   flags.DEFINE_boolean("overwrite", False, "if the workdir holds a run of another identity, "
                        "move it aside to <workdir>.old-<n> (never deleted) and start anew")
   app.run(main, flags_parser=cli_flags.parse)
+
+
+if __name__ == "__main__":
+  cli()

@@ -166,3 +166,19 @@ def test_no_source_file_over_the_limit(limit):
   long = {str(p.relative_to(ROOT)): n for p in MODULES.values()
           if (n := len(p.read_text().splitlines())) > limit}
   assert long == {}
+
+
+def test_every_command_is_a_console_script():
+  """Each `python -m` entry point (a module run as __main__) is also a console script
+  of pyproject.toml, pointing at a function the module defines."""
+  import tomllib  # pylint: disable=import-outside-toplevel
+  scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+  targets = {}
+  for name, target in scripts.items():
+    module, _, function = target.partition(":")
+    tree = ast.parse(MODULES[module].read_text())
+    assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, name
+    targets[module] = name
+  commands = {m for m, p in MODULES.items() if m.split(".")[0] != "benchmarks"
+              and 'if __name__ == "__main__":' in p.read_text()}
+  assert commands == set(targets)

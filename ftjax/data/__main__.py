@@ -203,5 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  cli()
