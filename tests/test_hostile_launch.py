@@ -18,7 +18,8 @@ import ml_collections
 import pytest
 
 from configs import sweep_demo, sweep_extended, sweep_own
-from ftjax import names, report, sweep, sweep_args
+from ftjax import names, report, sweep
+from ftjax.sweep import args as sweep_args
 from ftjax.sweep.slurm_options import LaunchError, SlurmOptions
 from tests.test_sweep_report import write_result
 
