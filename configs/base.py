@@ -13,7 +13,7 @@ in one line naming the valid names (ftjax.names).
 
 import ml_collections
 
-from ftjax import data, names
+from ftjax import data, names, run_options
 from ftjax.strategies import option_defaults
 
 ARGUMENT = "dataset,strategy[,arch]"
@@ -59,28 +59,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.dataset = dataset
   config.dataset_options = dataset_options(dataset)  # e.g. unit="image"
-  config.data_dir = "data"        # prepared datasets (python -m ftjax.data prepare)
   config.arch = arch
-  config.init = "pretrained"      # or "random"
-  config.weights_dir = "weights"  # converted ImageNet weights (python -m weights_port)
   config.strategy = strategy
   config.strategy_options = ml_collections.ConfigDict(STRATEGY_OPTIONS)
-
-  config.lr = 1e-4                # the paper's grid: 1e-3, 1e-4, 1e-5
-  config.batch_size = 64
-  config.eval_batch_size = 128
-  config.num_epochs = 50
-  config.patience = 5             # early stopping, counted in the plan's last phase
-  config.early_stopping_metric = "loss"  # validation loss, or one of the five metrics
-  config.seed = 0                 # the paper's seeds: 0, 1, 2
-
-  config.resize = 0               # 0: the architecture's (232 ResNet-50+, 256 others)
-  config.crop = 224
-  config.compute_dtype = "float32"  # or "bfloat16" (float32 parameters either way)
-  config.num_workers = 0          # grain worker processes
-  config.prefetch = 2             # training batches copied to the device ahead of use
-  config.cache_features = False   # LP with frozen BN: train the head on cached features
-  config.progress = True          # tqdm progress bars
+  # data_dir, init, weights_dir, lr, batch_size, ..., progress: the table of
+  # ftjax.run_options, with each field's doc (python -m ftjax.train --help lists them).
+  config.update(run_options.defaults())
   return config
 
 

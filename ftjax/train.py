@@ -18,7 +18,7 @@ from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 
-from ftjax import cli_flags
+from ftjax import cli_flags, run_options
 from ftjax import run as run_lib
 from ftjax.engine.training import train_and_evaluate
 
@@ -42,7 +42,8 @@ def cli() -> None:
   """The console script's entry point (pyproject.toml); also `python -m`. Flags are
   defined here only, so that importing this module defines none."""
   config_flags.DEFINE_config_file("config", None, "ml_collections config file; override "
-                                  "fields with --config.FIELD=VALUE.")
+                                  "fields with --config.FIELD=VALUE. The run's fields:\n"
+                                  + run_options.help_text())
   flags.DEFINE_string("workdir", None, "run directory (default: runs/<dataset>/<arch>/"
                       "<strategy>/lr<lr>/seed<seed>)")
   flags.DEFINE_boolean("overwrite", False, "if the workdir holds a run of another identity, "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import sys
 from typing import Any
 
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ftjax import metrics, step
+from ftjax import metrics, run_options, step
 from ftjax.engine import evaluation
 from ftjax.data import DataError, pipeline
 from ftjax.data.prepared import dataset_options, prepared_builder
@@ -28,17 +27,16 @@ from ftjax.models import init_variables, load_pretrained, registry
 from ftjax.strategies import get_strategy
 from ftjax.strategies.registry import Strategy, check_plan
 
-COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
-INITS = ("pretrained", "random")
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # run_options.COMPUTE_DTYPES
 
 
 def check_metric(metric: str) -> None:
-  if metric != "loss" and metric not in metrics.METRICS:
+  if metric not in run_options.EARLY_STOPPING_METRICS:
     raise ValueError(f"early_stopping_metric must be 'loss' or a metric name, got "
                      f"{metric!r}.")
 
 
-DEFAULT_CROP = 224  # configs/base.py: the paper's crop
+DEFAULT_CROP = run_options.DEFAULT_CROP
 
 
 def fit_crop(config: ml_collections.ConfigDict) -> None:
@@ -54,28 +52,13 @@ def fit_crop(config: ml_collections.ConfigDict) -> None:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Refuses values no run can use, naming the field, before anything starts."""
-  def refuse(field: str, requirement: str) -> None:
-    raise ValueError(f"config.{field} must be {requirement}, got {config[field]!r} "
-                     f"(set it with --config.{field}=VALUE).")
-
-  if not (isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0):
-    refuse("lr", "a positive number (the paper's grid: 1e-3, 1e-4, 1e-5)")
-  for field in ("batch_size", "eval_batch_size", "num_epochs", "patience", "crop"):
-    if not isinstance(config[field], int) or config[field] < 1:
-      refuse(field, "a positive integer")
-  for field in ("resize", "num_workers", "prefetch"):
-    if not isinstance(config[field], int) or config[field] < 0:
-      refuse(field, "an integer >= 0")
+  """Refuses values no run can use, naming the field, before anything starts: each
+  field against its entry in `ftjax.run_options`, then the crop against the data."""
+  run_options.check(config)
   if 0 < config.resize < config.crop:
     raise ValueError(f"config.crop ({config.crop}) is larger than the prepared images "
                      f"(config.resize={config.resize}): set --config.crop={config.resize} "
                      f"or smaller, or prepare the data with --resize {config.crop} or more.")
-  if config.compute_dtype not in COMPUTE_DTYPES:
-    refuse("compute_dtype", " or ".join(map(repr, COMPUTE_DTYPES)))
-  if config.init not in INITS:
-    refuse("init", " or ".join(map(repr, INITS)))
-  check_metric(config.early_stopping_metric)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +135,7 @@ def initial_variables(config, arch: registry.Arch, num_classes: int):
     return variables
   if config.init == "random":
     return init_variables(arch, jax.random.key(config.seed), num_classes)
-  raise ValueError(f"config.init must be {' or '.join(map(repr, INITS))}, got "
+  raise ValueError(f"config.init must be {' or '.join(map(repr, run_options.INITS))}, got "
                    f"{config.init!r}.")
 
 

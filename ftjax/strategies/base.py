@@ -21,24 +21,17 @@ Hooks are optional; the loop calls them without knowing the strategy:
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Mapping, Protocol
 
 import optax
 
 from ftjax.models.registry import Arch
+from ftjax.options import option
 from ftjax.strategies import schedules
 
 LR_NAME = "learning_rate"
 # The optional hooks, fields of both Built and Strategy (the module docstring).
 HOOKS = ("epoch_start", "before_update", "feature_penalty", "finalize", "fit")
-
-
-def option(default: Any, doc: str, *, choices: tuple[Any, ...] | None = None,
-           minimum: float | None = None) -> Any:
-  """A field of an options dataclass: its default, one line of doc and its check."""
-  return dataclasses.field(default=default, metadata={"doc": doc, "choices": choices,
-                                                      "minimum": minimum})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,22 +41,6 @@ class SharedOptions:
   bn_mode: str = option("train", "BatchNorm of frozen modules: 'train' (PyTorch "
                         "model.train()) or 'frozen' (running statistics)",
                         choices=("train", "frozen"))
-
-
-def check_options(options: Any) -> None:
-  """ValueError naming the first field outside its choices or below its minimum."""
-  for field in dataclasses.fields(options):
-    value, meta = getattr(options, field.name), field.metadata
-    if meta.get("choices") and value not in meta["choices"]:
-      raise ValueError(f"{field.name} must be one of {meta['choices']}, got {value!r}.")
-    minimum = meta.get("minimum")
-    if minimum is not None:
-      try:
-        ok = float(value) >= minimum and not math.isnan(float(value))
-      except (TypeError, ValueError):
-        ok = False
-      if not ok:  # a negative SP weight would reward moving away from w0
-        raise ValueError(f"{field.name} must be >= {minimum:g}, got {value!r}.")
 
 
 class EpochStart(Protocol):

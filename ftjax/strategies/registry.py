@@ -18,8 +18,8 @@ import optax
 from ftjax import paper_results
 from ftjax.models.registry import Arch, get_arch
 from ftjax.strategies import auto_rgn, bss, freezing, knn, llrd, partial, sp, wise_ft
-from ftjax.strategies.base import (HOOKS, LR_NAME, Definition, SharedOptions, Strategy,
-                                   check_options)
+from ftjax.options import check_options
+from ftjax.strategies.base import HOOKS, LR_NAME, Definition, SharedOptions, Strategy
 
 # The paper's families first, then the strategies beyond it.
 MODULES = (freezing, sp, auto_rgn, llrd, partial, wise_ft, knn, bss)

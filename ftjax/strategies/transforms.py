@@ -10,7 +10,7 @@ its optimizer state stay bitwise unchanged.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import optax
