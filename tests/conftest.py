@@ -23,10 +23,10 @@ def _free_module_caches():
   """Drops the cached reference models after each test module: VGG-19 and friends
   are ~0.5 GB each, and the whole suite runs in one process on 24 GB."""
   yield
-  torch_models = __import__("sys").modules.get("tests.torch_models")
+  torch_models = __import__("sys").modules.get("tests.helpers.torch_models")
   if torch_models is not None:
     torch_models.random_model.cache_clear()
-  step_tests = __import__("sys").modules.get("tests.test_step")
+  step_tests = __import__("sys").modules.get("tests.helpers.step_setups")
   if step_tests is not None:
     for cached in (step_tests.fast_setup, step_tests.exact_setup, step_tests.torch_setup):
       cached.cache_clear()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.test_data_helpers import (bach_tree, chexpert_tree, cholect_tree, ids, isic_tree,
+from tests.helpers.data_trees import (bach_tree, chexpert_tree, cholect_tree, ids, isic_tree,
                                medmnist_file, mri_tree, mura_tree, prepare, records)
 
 

@@ -7,7 +7,7 @@ import json
 from PIL import Image
 
 from ftjax.data.__main__ import main
-from tests.test_data_helpers import isic_tree
+from tests.helpers.data_trees import isic_tree
 
 
 def test_prepare_then_inspect(tmp_path, capsys):

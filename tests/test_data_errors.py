@@ -15,7 +15,7 @@ from ftjax.data import DataError, get_dataset
 from ftjax.data.__main__ import main as data_cli
 from ftjax.data.base import read_csv
 from ftjax.data.cholect50 import read_labels
-from tests.test_data_helpers import (CHEX_COLUMNS, bach_tree, chexpert_tree, cholect_tree,
+from tests.helpers.data_trees import (CHEX_COLUMNS, bach_tree, chexpert_tree, cholect_tree,
                                      isic_tree, medmnist_file, mri_tree, mura_tree, prepare,
                                      records, write_csv)
 

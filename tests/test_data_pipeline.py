@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ftjax.data import pipeline
-from tests.test_data_helpers import prepare
+from tests.helpers.data_trees import prepare
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from torchvision import transforms as T
 from ftjax.data import preprocess
 from ftjax.data.pipeline import CenterCrop, CropNormalize
 from ftjax.models.registry import get_arch
-from tests.test_data_helpers import bach_tree, prepare, records
+from tests.helpers.data_trees import bach_tree, prepare, records
 
 
 def _source(size, mode, seed=0):

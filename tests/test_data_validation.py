@@ -23,9 +23,9 @@ import pytest
 from PIL import Image
 
 from ftjax.data import __main__ as data_cli
-from tests.test_data_helpers import (CHEX_COLUMNS, bach_tree, chexpert_tree, isic_tree,
+from tests.helpers.data_trees import (CHEX_COLUMNS, bach_tree, chexpert_tree, isic_tree,
                                      medmnist_file, mri_tree, mura_tree, records, write_image)
-from tests.test_hostile_inputs import _under_1_gib
+from tests.helpers.subprocesses import under_1_gib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -172,7 +172,7 @@ def test_small_png_needing_gigabytes_is_a_bad_image_under_1_gib(tmp_path, case):
   bad.write_bytes(make())
   assert bad.stat().st_size < 200
   for extra, code in (([], 2), (["--skip_bad"], 0)):
-    out = _under_1_gib(f"""
+    out = under_1_gib(f"""
         import sys
         from ftjax.data.__main__ import main
         sys.exit(main(["prepare", "--dataset", "isic2020", "--manual_dir", {str(manual)!r},
@@ -456,7 +456,7 @@ def test_npz_deflate_bomb_is_refused_before_inflating_under_1_gib(tmp_path):
       for _ in range(1200):
         member.write(zeros)
   assert path.stat().st_size < 2_000_000
-  out = _under_1_gib(f"""
+  out = under_1_gib(f"""
       import sys
       from ftjax.data.__main__ import main
       sys.exit(main(["prepare", "--dataset", "medmnist_pathmnist", "--manual_dir",

@@ -13,7 +13,7 @@ import pytest
 
 from ftjax import distributed
 from ftjax.engine import training
-from tests.test_train import tiny_config
+from tests.helpers.runs import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LR = 1e-5
@@ -26,7 +26,7 @@ import json, sys
 import jax, numpy as np
 from ftjax.engine import checkpoints, training
 from ftjax.models import registry
-from tests.test_train import tiny_config
+from tests.helpers.runs import tiny_config
 
 def main():
   data_dir, workdir, out = sys.argv[1:4]
@@ -191,7 +191,7 @@ def test_batch_not_divisible_by_devices_names_the_field():
 
 
 def test_train_refuses_indivisible_batch_on_four_devices(tmp_path):
-  script = ("import sys; from tests.test_train import tiny_config; from ftjax.engine import training\n"
+  script = ("import sys; from tests.helpers.runs import tiny_config; from ftjax.engine import training\n"
             "training.train_and_evaluate(tiny_config(sys.argv[1], 'ft', batch_size=18), "
             "sys.argv[2])\n")
   env = {**os.environ, "JAX_PLATFORMS": "cpu",

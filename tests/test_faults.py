@@ -16,7 +16,7 @@ import pytest
 from ftjax.engine import checkpoints, experiment, loop, training
 from ftjax.data.prepared import prepared_builder
 from ftjax.models import registry
-from tests.test_train import best_checkpoint, tiny_config
+from tests.helpers.runs import best_checkpoint, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _TMP = "*.orbax-checkpoint-tmp*"
@@ -42,7 +42,7 @@ def test_sigkill_at_many_points_resumes_to_identical_results(data_dir, tmp_path)
   prepared_builder(config, registry.get_arch(config.arch))  # data made once
   config_file = tmp_path / "tiny.py"
   config_file.write_text(
-      "from tests.test_train import tiny_config\n\n\n"
+      "from tests.helpers.runs import tiny_config\n\n\n"
       f"def get_config():\n  return tiny_config({str(data_dir)!r}, 'lp_ft', num_epochs=4)\n")
   work = tmp_path / "killed"
   latest, best = work / "checkpoints" / "latest", work / "checkpoints" / "best"

@@ -6,9 +6,6 @@ import pathlib
 import pickle
 import re
 import struct
-import subprocess
-import sys
-import textwrap
 import zipfile
 import zlib
 
@@ -18,7 +15,8 @@ import pytest
 
 from ftjax.data import __main__ as data_cli
 from ftjax.data import base, medmnist
-from tests.test_data_helpers import mri_tree, prepare
+from tests.helpers.data_trees import mri_tree, prepare
+from tests.helpers.subprocesses import under_1_gib
 from weights_port import __main__ as weights_cli
 from weights_port import pth
 
@@ -40,14 +38,6 @@ def _decode(path):
   return base._decode((base.open_image, str(path), str(path), 16))  # pylint: disable=protected-access
 
 
-def _under_1_gib(body: str) -> subprocess.CompletedProcess:
-  """Runs `body` in a Python process limited to 1 GiB of address space."""
-  code = ("import resource\n"
-          "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-          + textwrap.dedent(body))
-  env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-  return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=120, check=False)
 
 
 def test_zero_byte_image_is_a_clear_skip_message(tmp_path):
@@ -78,7 +68,6 @@ class _Payload:
     self.marker = marker
 
   def __reduce__(self):
-    import os  # pylint: disable=import-outside-toplevel
     return (os.system, (f"touch {self.marker}",))
 
 
@@ -142,7 +131,7 @@ def test_npz_refusal_needs_no_memory(tmp_path):
   """Under a 1 GiB address-space limit a 4 GiB declaration is refused, not a MemoryError."""
   path = tmp_path / "pathmnist.npz"
   _npz_declaring(path, (2**32,))
-  out = _under_1_gib(f"""
+  out = under_1_gib(f"""
       from ftjax.data import DataError, medmnist
       try:
         medmnist.check_npz_arrays({str(path)!r})
@@ -222,7 +211,7 @@ def test_mat_refusal_needs_no_memory(tmp_path):
   for path, case in zip(paths, ("image_of_8_terabytes", "label_of_a_billion_values",
                                 "patient_id_of_10**8_chars")):
     _spoil_mat(path, case)
-  out = _under_1_gib(f"""
+  out = under_1_gib(f"""
       from ftjax.data import brain_tumor_mri
       for read, path in zip((brain_tumor_mri.load_mat, brain_tumor_mri.read_header,
                              brain_tumor_mri.read_header), {[str(p) for p in paths]!r}):
@@ -352,7 +341,7 @@ def test_pth_repeating_views_stay_under_the_total_cap_under_1_gib(tmp_path):
   path = _write_pth(tmp_path / "expand.pth", {"w": ("0", 0, (300_000_000,), (0,))},
                     {"0": (_F32, 1)})
   assert path.stat().st_size < 2000
-  out = _under_1_gib(f"""
+  out = under_1_gib(f"""
       import sys
       from weights_port import pth
       try:
@@ -405,7 +394,7 @@ def test_pth_refusal_needs_no_memory(tmp_path):
   """Under a 1 GiB address-space limit the crafted files are refused, not a MemoryError."""
   paths = [str(_write_pth(tmp_path / f"{case}.pth", *BAD_LAYOUTS[case][:2]))
            for case in ("stride0_huge", "size_overflows_int64")]
-  out = _under_1_gib(f"""
+  out = under_1_gib(f"""
       from weights_port import pth
       for path in {paths!r}:
         try:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ftjax.data import csv_table, get_dataset, labels, user
-from tests.test_data_helpers import records, write_csv
+from tests.helpers.data_trees import records, write_csv
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SPLITS = ("train", "validation", "test")

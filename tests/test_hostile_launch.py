@@ -21,7 +21,7 @@ from configs import sweep_demo, sweep_extended, sweep_own
 from ftjax import names, report, sweep
 from ftjax.sweep import args as sweep_args
 from ftjax.sweep.slurm_options import LaunchError, SlurmOptions
-from tests.test_sweep_report import write_result
+from tests.helpers.sweeps import write_result
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SWEEP = (sys.executable, "-m", "ftjax.sweep")

@@ -16,7 +16,7 @@ from ftjax import compile_cache, report, sweep
 from ftjax.sweep import local as sweep_local
 from ftjax.sweep import slurm as launch
 from ftjax import run as run_lib
-from tests.test_sweep_report import _overrides, tiny_sweep_config, write_result
+from tests.helpers.sweeps import overrides, tiny_sweep_config, write_result
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def test_dry_run_prints_the_sbatch_script_submitit_writes(data_dir, tmp_path):
                identity=sweep.expected_identity(sweep.grid(config)[0].config(config.base)))
   args = [sys.executable, "-m", "ftjax.sweep", "--config", "configs/sweep_demo.py",
           "--workdir", str(workdir), "--launcher", "slurm", "--dry_run",
-          *_overrides(config), "--config.slurm.partition=gpu", "--config.slurm.account=lab",
+          *overrides(config), "--config.slurm.partition=gpu", "--config.slurm.account=lab",
           "--config.slurm.qos=high", "--config.slurm.gpus_per_task=1",
           "--config.slurm.cpus_per_task=4", "--config.slurm.mem_gb=16",
           "--config.slurm.timeout_min=30", "--config.slurm.array_parallelism=2",

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 
-from tests.test_data_helpers import medmnist_file
-from tests.test_hostile_inputs import _under_1_gib
+from tests.helpers.data_trees import medmnist_file
+from tests.helpers.subprocesses import under_1_gib
 
 SEED, CASES = 20240611, 300
 
@@ -71,7 +71,7 @@ def test_mutated_npz_loads_equal_or_is_one_data_error(tmp_path):
   # a small file (a few KB) so a few hundred mutations hit every part of it
   root = medmnist_file(tmp_path / "m", n=(3, 2, 2))
   path = root / "pathmnist.npz"
-  out = _under_1_gib(_FUZZ.format(path=str(path), seed=SEED, cases=CASES))
+  out = under_1_gib(_FUZZ.format(path=str(path), seed=SEED, cases=CASES))
   assert out.returncode == 0, f"seed {SEED}: {out.stdout[-3000:]} {out.stderr[-3000:]}"
   counts = json.loads(out.stdout.strip().splitlines()[-1])
   assert counts["equal"] + counts["refused"] == CASES

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ftjax.models import pretrained, registry
-from tests import torch_models
+from tests.helpers import torch_models
 from weights_port import mapping
 
 ALL_ARCHS = list(registry.ARCHS)

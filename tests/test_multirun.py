@@ -9,7 +9,7 @@ import pytest
 from ftjax.engine import group as multirun
 from ftjax.engine import training
 from ftjax import run as run_lib
-from tests.test_train import best_checkpoint, tiny_config
+from tests.helpers.runs import best_checkpoint, tiny_config
 
 # Small learning rates: Adam turns float32 rounding differences of near-zero
 # gradients (vmapped vs single convolutions) into steps of up to 2 lr.

@@ -16,8 +16,10 @@ import pytest
 import sklearn.metrics
 
 from ftjax import report, sweep
-from tests.test_own_data_report import KNEE, _predictions
-from tests.test_sweep_report import REPO, write_result
+from tests.helpers import reports
+from tests.helpers.reports import KNEE
+from tests.helpers import REPO
+from tests.helpers.sweeps import write_result
 
 CLIS = ("ftjax.train", "ftjax.sweep", "ftjax.report", "ftjax.data", "ftjax.evaluate",
         "ftjax.multirun", "ftjax.demo", "weights_port")
@@ -41,7 +43,7 @@ def _study(root: pathlib.Path, dataset: str, n: int, groups, *, multilabel=False
       spec = sweep.RunSpec(dataset, "resnet50", strategy, 1e-3, seed)
       run_dir = write_result(root, spec, {"auroc": validation}, {"auroc": test_value},
                              main_metrics=("auroc", "accuracy"))
-      predictions = _predictions(rng, n, len(KNEE), multilabel)
+      predictions = reports.predictions(rng, n, len(KNEE), multilabel)
       _save(run_dir, predictions, np.asarray(groups))
       if strategy == "lp_ft":
         chosen[seed] = predictions
@@ -166,7 +168,7 @@ def test_missing_config_file_is_one_line(module, tmp_path):
 
 
 def _folder(root: pathlib.Path, per_class: int, patients: int = 0) -> pathlib.Path:
-  from tests.test_own_data import write_image
+  from tests.helpers.data_trees import write_image
   for label in ("a", "b"):
     for i in range(per_class):
       prefix = f"p{label}{i % patients}_" if patients else ""

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ftjax.data import __main__ as data_cli
 from ftjax.data import get_dataset
-from tests.test_data_helpers import records, write_csv, write_image
+from tests.helpers.data_trees import records, write_csv, write_image
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom import uid  # noqa: E402

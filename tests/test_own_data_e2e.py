@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_own_data_report import class_rows
+from tests.helpers.reports import class_rows
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = ("effusion", "normal")

@@ -11,25 +11,13 @@ import pytest
 import sklearn.metrics
 
 from ftjax import report
+from tests.helpers.reports import KNEE, class_rows, predictions
 from ftjax import run as run_lib
 
-KNEE = ("effusion", "meniscus_tear", "normal")          # multi-class, class folder names
 FINDINGS = ("nodule", "fibrosis", "pneumothorax", "mass")  # multi-label, CSV columns
 METRICS = ("loss", "map", "accuracy", "auroc", "kappa", "f1")
 
 
-def _predictions(rng, n: int, classes: int, multilabel: bool):
-  """Scores that track the labels a little, so each class's AUROC differs."""
-  if multilabel:
-    labels = (rng.random((n, classes)) < 0.4).astype(np.int64)
-    labels[:, -1] = 0  # the last finding has no positive test example
-    scores = 1 / (1 + np.exp(-(labels * 1.5 + rng.normal(size=(n, classes)))))
-  else:
-    labels = rng.integers(0, classes, n)
-    logits = np.eye(classes)[labels] * rng.uniform(0.5, 2.0, classes) + rng.normal(
-        size=(n, classes))
-    scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-  return scores.astype(np.float32), labels
 
 
 def _run(root: pathlib.Path, dataset: str, strategy: str, seed: int, validation: float,
@@ -61,7 +49,7 @@ def _sweep(root: pathlib.Path, dataset: str, class_names, multilabel: bool) -> d
   chosen = {}
   for strategy, validation in (("ft", 0.6), ("lp_ft", 0.8)):
     for seed in (0, 1):
-      predictions = _predictions(rng, 60, len(class_names or KNEE), multilabel)
+      predictions = predictions(rng, 60, len(class_names or KNEE), multilabel)
       _run(root, dataset, strategy, seed, validation, class_names, predictions)
       if strategy == "lp_ft":
         chosen[seed] = predictions
@@ -82,11 +70,6 @@ def _sklearn_auroc(predictions: dict) -> list[float | None]:
   return per_class
 
 
-def class_rows(markdown: str, dataset: str) -> dict[str, str]:
-  """Class name -> its AUROC cell, from the dataset's table in report.md."""
-  table = markdown.split(f"### {dataset}: classes\n", 1)[1].strip().split("\n\n", 1)[0]
-  rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
-  return {cells[1].strip(): cells[2].strip() for cells in rows}
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +112,7 @@ def test_per_class_auroc_equals_sklearn_on_each_class():
   from ftjax.report.classes import per_class_auroc
   rng = np.random.default_rng(3)
   for multilabel in (False, True):
-    scores, labels = _predictions(rng, 80, 4, multilabel)
+    scores, labels = predictions(rng, 80, 4, multilabel)
     got = per_class_auroc(scores, labels)
     expected = _sklearn_auroc({0: (scores, labels)})
     for value, want in zip(got, expected):

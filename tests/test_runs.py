@@ -19,8 +19,8 @@ from ftjax import report, run as run_lib, sweep
 from ftjax.engine import checkpoints, training
 from ftjax.data.prepared import prepared_builder
 from ftjax.models import registry
-from tests.test_sweep_report import tiny_sweep_config
-from tests.test_train import tiny_config
+from tests.helpers.sweeps import tiny_sweep_config
+from tests.helpers.runs import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def _train_cli(config_file: pathlib.Path, workdir: pathlib.Path, *extra: str):
 
 def _config_file(tmp_path, data_dir, strategy, **overrides) -> pathlib.Path:
   path = tmp_path / f"cfg_{strategy}.py"
-  path.write_text("from tests.test_train import tiny_config\n\n\n"
+  path.write_text("from tests.helpers.runs import tiny_config\n\n\n"
                   f"def get_config():\n  return tiny_config({str(data_dir)!r}, "
                   f"{strategy!r}, **{overrides!r})\n")
   return path

@@ -18,7 +18,7 @@ from ftjax.models import registry
 from ftjax.strategies import get_strategy
 from ftjax.strategies.bss import bss_penalty
 from ftjax.strategies.wise_ft import lp_state, mix, parse_alphas
-from tests.test_train import best_checkpoint, tiny_config
+from tests.helpers.runs import best_checkpoint, tiny_config
 
 # ------------------------------------------------------------------ BSS penalty
 
@@ -35,7 +35,7 @@ def test_bss_penalty_is_the_smallest_singular_values_squared(shape, k):
 
 def test_bss_penalty_gradient_equals_torch_svd_gradient():
   torch = pytest.importorskip("torch")
-  torch_reference_bss = pytest.importorskip("tests.torch_reference_bss")
+  torch_reference_bss = pytest.importorskip("tests.helpers.torch_reference_bss")
   features = np.random.default_rng(0).normal(size=(8, 32))
   ours = np.asarray(jax.grad(lambda f: bss_penalty(f, 2))(jnp.asarray(features, jnp.float32)))
   reference = torch.tensor(features, dtype=torch.float64, requires_grad=True)
@@ -53,26 +53,26 @@ BSS_WEIGHT = 0.01
 
 def test_bss_matches_torch_and_the_rule_sees_the_penalty():
   pytest.importorskip("torch")
-  from tests import test_step
-  from tests.torch_reference import head_prefix
-  from tests.torch_reference_bss import train_bss
+  from tests.helpers import step_setups as test_step
+  from tests.helpers.torch_reference import head_prefix
+  from tests.helpers.torch_reference_bss import train_bss
   s = test_step.torch_setup("resnet18")
   strategy = get_strategy("bss", s.arch, {"lr": test_step.TORCH_LR, "bss_k": 1,
                                           "bss_weight": BSS_WEIGHT})
   phases = [frozenset(strategy.plan.trainable_at(0))] * 3
   assert phases[0] == test_step.ALL_RESNET
-  ours = test_step._run_strategy(s, strategy, phases)
+  ours = test_step.run_strategy(s, strategy, phases)
 
   def reference(weight, k=1):
-    return test_step._torch_pair(s, lambda model: train_bss(
+    return test_step.torch_pair(s, lambda model: train_bss(
         model, s.batches, test_step.TORCH_LR, head=head_prefix("resnet18"), k=k,
         weight=weight))
 
-  bad = test_step._violations(ours, *reference(BSS_WEIGHT), s.variables)
+  bad = test_step.violations(ours, *reference(BSS_WEIGHT), s.variables)
   assert not bad, bad
   # The comparison fails against plain FT (no penalty) and against k = 2.
-  assert test_step._violations(ours, *reference(0.0), s.variables)
-  assert test_step._violations(ours, *reference(BSS_WEIGHT, k=2), s.variables)
+  assert test_step.violations(ours, *reference(0.0), s.variables)
+  assert test_step.violations(ours, *reference(BSS_WEIGHT, k=2), s.variables)
 
 
 # ------------------------------------------------------------------ WiSE-FT pieces

@@ -23,7 +23,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from ftjax import evaluate, multirun
 from ftjax.engine import evaluation, fit, training
 from ftjax.strategies import knn, registry
-from tests.test_train import tiny_config
+from tests.helpers.runs import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 METRICS = ("euclidean", "cosine")
@@ -181,7 +181,7 @@ def _train_cli(config_file: pathlib.Path, workdir: pathlib.Path):
 def _config_file(tmp_path, data_dir, **options) -> pathlib.Path:
   path = tmp_path / "cfg_knn.py"
   lines = "".join(f"  config.strategy_options.{k} = {v!r}\n" for k, v in options.items())
-  path.write_text("from tests.test_train import tiny_config\n\n\n"
+  path.write_text("from tests.helpers.runs import tiny_config\n\n\n"
                   f"def get_config():\n  config = tiny_config({str(data_dir)!r}, 'knn')\n"
                   f"{lines}  return config\n")
   return path

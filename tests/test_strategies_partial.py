@@ -19,11 +19,11 @@ from ftjax.models import get_arch, init_variables, variable_shapes
 from ftjax.strategies import get_strategy
 from ftjax.strategies.llrd import lr_scales
 from ftjax.strategies.partial import bitfit_mask
-from tests import torch_reference
-from tests import torch_reference_partial as ref
-from tests.test_step import (ALL_RESNET, NUM_CLASSES, TORCH_LR, _assert_matches,
-                             _run_strategy, _torch_pair, _violations, torch_setup)
-from tests.test_train import best_checkpoint, tiny_config
+from tests.helpers import torch_reference
+from tests.helpers import torch_reference_partial as ref
+from tests.helpers.step_setups import (ALL_RESNET, NUM_CLASSES, TORCH_LR, assert_matches,
+                             run_strategy, torch_pair, violations, torch_setup)
+from tests.helpers.runs import best_checkpoint, tiny_config
 from weights_port import mapping
 
 
@@ -71,16 +71,16 @@ def _llrd_steps():
   """(setup, ftjax's three llrd steps on ResNet-18)."""
   s = torch_setup("resnet18")
   strategy = get_strategy("llrd", s.arch, {"lr": TORCH_LR, "llrd_decay": LLRD_DECAY})
-  return s, _run_strategy(s, strategy, [ALL_RESNET] * 3)
+  return s, run_strategy(s, strategy, [ALL_RESNET] * 3)
 
 
 def _llrd_reference(s, scales):
-  return _torch_pair(s, lambda model: ref.train_llrd(model, s.batches, TORCH_LR, scales))
+  return torch_pair(s, lambda model: ref.train_llrd(model, s.batches, TORCH_LR, scales))
 
 
 def test_llrd_matches_torch_adam_with_timm_groups():
   s, ours = _llrd_steps()
-  _assert_matches(s, ours, _llrd_reference(s, ref.timm_lr_scales("resnet18", LLRD_DECAY)))
+  assert_matches(s, ours, _llrd_reference(s, ref.timm_lr_scales("resnet18", LLRD_DECAY)))
 
 
 @pytest.mark.slow
@@ -88,7 +88,7 @@ def test_rule_tells_llrd_blocks_from_stages():
   """timm's coarse grouping (one group per layerN) against ftjax's fine one is caught."""
   s, ours = _llrd_steps()
   coarse = ref.timm_lr_scales("resnet18", LLRD_DECAY, coarse=True)
-  bad = _violations(ours, *_llrd_reference(s, coarse), s.variables)
+  bad = violations(ours, *_llrd_reference(s, coarse), s.variables)
   assert any("layer" in m for m in bad), bad
 
 
@@ -107,12 +107,12 @@ def test_bitfit_selects_biases_batchnorm_and_head(arch_name):
 def _bitfit_steps():
   s = torch_setup("resnet18")
   strategy = get_strategy("bitfit", s.arch, {"lr": TORCH_LR})
-  return s, _run_strategy(s, strategy, [ALL_RESNET] * 3)
+  return s, run_strategy(s, strategy, [ALL_RESNET] * 3)
 
 
 def _selected_reference(s, select):
   """PyTorch's three steps with requires_grad on the names `select(model)` gives."""
-  return _torch_pair(s, lambda model: ref.train_selected(
+  return torch_pair(s, lambda model: ref.train_selected(
       model, s.batches, TORCH_LR, select(model)))
 
 
@@ -123,14 +123,14 @@ def _selected_reference(s, select):
 def test_bitfit_matches_torch_requires_grad():
   s, ours = _bitfit_steps()
   # Kernels: bitwise unchanged on both sides (the rule's frozen-tensor check).
-  _assert_matches(s, ours, _selected_reference(s, lambda m: ref.bitfit_names(m, "fc")))
+  assert_matches(s, ours, _selected_reference(s, lambda m: ref.bitfit_names(m, "fc")))
 
 
 @pytest.mark.slow
 def test_rule_sees_bitfit_batchnorm_parameters():
   """A reference without the BatchNorm parameters (the head only) is caught."""
   s, ours = _bitfit_steps()
-  bad = _violations(ours, *_selected_reference(s, lambda m: ref.names_under(m, ("fc.",))),
+  bad = violations(ours, *_selected_reference(s, lambda m: ref.names_under(m, ("fc.",))),
                     s.variables)
   assert any("bn" in m and "moved" in m for m in bad), bad
 
@@ -167,8 +167,8 @@ def test_surgical_matches_torch_requires_grad(block, torch_prefixes):
   s = torch_setup("resnet18")
   strategy = get_strategy("surgical", s.arch, {"lr": TORCH_LR, "surgical_block": block})
   trainable = frozenset(strategy.plan.trainable_at(0))
-  ours = _run_strategy(s, strategy, [trainable] * 3)
-  _assert_matches(s, ours, _selected_reference(
+  ours = run_strategy(s, strategy, [trainable] * 3)
+  assert_matches(s, ours, _selected_reference(
       s, lambda model: ref.names_under(model, torch_prefixes)))
 
 

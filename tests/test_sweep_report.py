@@ -11,76 +11,27 @@ import tempfile
 import threading
 import time
 
-import ml_collections
 import numpy as np
 import pytest
 import sklearn.metrics
 
-from configs import sweep_demo, sweep_paper
+from configs import sweep_paper
 from ftjax import run as run_lib
 from ftjax import paper_results, report, sweep
 from ftjax.sweep import local as sweep_local
 from ftjax.engine import evaluation
 from ftjax.report import compare, tables
 from ftjax.strategies import get_strategy
+from tests.helpers import REPO
+from tests.helpers.sweeps import overrides, tiny_sweep_config, write_result
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 METRICS = ("loss", "map", "accuracy", "auroc", "kappa", "f1")
 
 
-def tiny_sweep_config(data_dir, strategies=("ft", "lp"), lrs=(1e-3, 1e-4), seeds=(0, 1)):
-  """configs/sweep_demo.py shrunk to seconds per run on a CPU."""
-  config = sweep_demo.get_config()
-  base = config.base
-  base.data_dir = str(data_dir)
-  base.dataset_options.num_train = 96
-  base.dataset_options.num_test = 48
-  base.resize, base.crop = 36, 32
-  base.batch_size, base.eval_batch_size = 16, 32
-  base.num_epochs = 1
-  base.progress = False
-  base.strategy_options.lp_epochs = 1
-  base.strategy_options.rgn_batches = 2
-  config.strategies, config.lrs, config.seeds = strategies, lrs, seeds
-  return config
 
 
-def _overrides(config) -> list[str]:
-  """The tiny config as command-line overrides of configs/sweep_demo.py."""
-  b = config.base
-  return [f"--config.base.data_dir={b.data_dir}",
-          f"--config.base.dataset_options.num_train={b.dataset_options.num_train}",
-          f"--config.base.dataset_options.num_test={b.dataset_options.num_test}",
-          f"--config.base.resize={b.resize}", f"--config.base.crop={b.crop}",
-          f"--config.base.batch_size={b.batch_size}",
-          f"--config.base.eval_batch_size={b.eval_batch_size}",
-          f"--config.base.num_epochs={b.num_epochs}",
-          f"--config.base.strategy_options.rgn_batches={b.strategy_options.rgn_batches}",
-          f"--config.base.strategy_options.lp_epochs={b.strategy_options.lp_epochs}",
-          f"--strategies={','.join(config.strategies)}",
-          f"--lrs={','.join(f'{lr:g}' for lr in config.lrs)}",
-          f"--seeds={','.join(map(str, config.seeds))}"]
 
 
-def write_result(root, spec: sweep.RunSpec, validation: dict, test: dict,
-                 main_metrics=("accuracy", "auroc"), identity: dict | None = None
-                 ) -> pathlib.Path:
-  """A results.json and identity.json as train_and_evaluate writes them, with
-  chosen metric values (identity: the run's fields; by default only its place's)."""
-  run_dir = spec.directory(root)
-  run_dir.mkdir(parents=True, exist_ok=True)
-  identity = identity or {"dataset": spec.dataset, "arch": spec.arch,
-                          "strategy": spec.strategy, "lr": spec.lr, "seed": spec.seed}
-  (run_dir / "identity.json").write_text(json.dumps(
-      {"hash": run_lib.identity_hash(identity), "fields": identity}))
-  fill = lambda d: {**{m: 0.5 for m in METRICS}, **d, "count": 10}
-  (run_dir / "results.json").write_text(json.dumps({
-      "dataset": spec.dataset, "arch": spec.arch, "strategy": spec.strategy,
-      "lr": spec.lr, "seed": spec.seed, "init": "random", "data_config": "x", "unit": None,
-      "main_metrics": list(main_metrics), "best_epoch": 0, "epochs_run": 1,
-      "stopped_early": False, "train_seconds": 1.0, "validation": fill(validation),
-      "test": fill(test), "device": "cpu", "jax_version": "0"}))
-  return run_dir
 
 
 def fake_runner(log: pathlib.Path | None = None, seconds: float = 0.0, fail=()):
@@ -171,7 +122,7 @@ def test_killed_sweep_restarts_without_redoing_runs_and_reports(tmp_path):
                                                     "ftjax-test-jax-cache")}
   child = subprocess.Popen(
       [sys.executable, "-m", "ftjax.sweep", "--config", "configs/sweep_demo.py",
-       "--workdir", str(workdir), "--devices", "1", *_overrides(config)],
+       "--workdir", str(workdir), "--devices", "1", *overrides(config)],
       cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   deadline = time.time() + 150
   done = []

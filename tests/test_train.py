@@ -1,7 +1,6 @@
 """ftjax.train end to end on the synthetic dataset: every strategy, resume, errors."""
 
 import json
-import pathlib
 import re
 
 import jax
@@ -10,10 +9,10 @@ import pytest
 
 from configs import base, demo
 from ftjax import evaluate, step
-from ftjax.engine import checkpoints, training
+from ftjax.engine import training
 from ftjax.data import DataError
-from ftjax.models import registry
 from ftjax.strategies import STRATEGIES, uses_lr
+from tests.helpers.runs import best_checkpoint, tiny_config
 
 METRICS = ("map", "accuracy", "auroc", "kappa", "f1")
 # Training-free strategies (kNN) run no epoch; tests/test_strategies_knn.py runs them.
@@ -25,33 +24,8 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("data")
 
 
-def best_checkpoint(workdir, config):
-  """(epoch, variables) of a finished tiny run's best checkpoint, on the host."""
-  like = registry.init_variables(registry.get_arch(config.arch), 0, 4)
-  ckpts = checkpoints.RunCheckpoints(workdir)
-  epoch, best = ckpts.restore_best(like)
-  ckpts.close()
-  return epoch, jax.device_get(best)
 
 
-def tiny_config(data_dir, strategy, **overrides):
-  """The demo's model and data, shrunk to seconds per epoch on a CPU."""
-  config = demo.get_config()
-  config.data_dir = str(data_dir)
-  config.strategy = strategy
-  config.dataset_options.num_train = 120
-  config.dataset_options.num_test = 48
-  config.resize, config.crop = 36, 32
-  config.batch_size = 16
-  config.eval_batch_size = 32
-  config.num_epochs = 2
-  config.progress = False
-  config.strategy_options.lp_epochs = 1
-  config.strategy_options.phases = "head:1; all"  # past the head within num_epochs
-  config.strategy_options.rgn_batches = 2
-  for key, value in overrides.items():
-    config[key] = value
-  return config
 
 
 @pytest.mark.parametrize("strategy", TRAINED)

@@ -11,7 +11,8 @@ import sklearn.metrics
 
 from ftjax import paper_results, report, sweep
 from ftjax.report import paper, stats, verdict
-from tests.test_sweep_report import REPO, write_result
+from tests.helpers import REPO
+from tests.helpers.sweeps import write_result
 
 N_TEST = 150
 # strategy -> (probability a test image is classified right, validation accuracy, random

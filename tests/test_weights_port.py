@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ftjax.models import load_pretrained, pretrained, registry
-from tests import torch_models
+from tests.helpers import torch_models
 from weights_port import __main__ as cli
 from weights_port import convert, mapping
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from timm.models import group_parameters
 from timm.optim._param_groups import param_groups_layer_decay
 
-from tests import torch_reference
+from tests.helpers import torch_reference
 
 
 def timm_lr_scales(arch: str, decay: float, num_classes: int = 3,
