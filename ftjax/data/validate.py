@@ -3,7 +3,8 @@
 Builders read their own layout; what they read is checked here, in one place:
 
 * images (in the decoding workers): ``check_decoded_size`` before the decode,
-  ``check_pixels`` after it, ``check_resized_size`` before the resize;
+  ``check_pixels`` after it, ``check_resized_size`` (neither tiny nor absurd) before
+  the resize;
   PIL's DecompressionBombWarning is an error (``bomb_warnings_as_errors``);
 * label arrays and CSV headers: ``check_label_shape``, ``check_columns``;
 * the listed examples (``check_examples``): unique keys, UTF-8 names, image
@@ -38,6 +39,10 @@ MAX_DECODED_PIXELS = Image.MAX_IMAGE_PIXELS
 # grows with the aspect ratio. 2**24 pixels (48 MiB as RGB) allows an aspect ratio of
 # 1:311 at resize 232; the datasets' images are at most about 1:3.
 MAX_RESIZED_PIXELS = 1 << 24
+# Below this shorter side an image is a thumbnail, an icon or a damaged header: the
+# resize would stretch a few pixels into a plausible-looking blur. MedMNIST's 28 px
+# images, the smallest any dataset ships, pass.
+MIN_SIDE = 16
 
 
 class BadImage(ValueError):
@@ -61,7 +66,12 @@ def check_decoded_size(width: int, height: int) -> None:
 
 
 def check_resized_size(width: int, height: int, size: int) -> None:
-  """The shorter-side resize to ``size`` must stay within MAX_RESIZED_PIXELS."""
+  """The shorter-side resize to ``size`` must start from at least MIN_SIDE pixels a
+  side and stay within MAX_RESIZED_PIXELS."""
+  if min(width, height) < MIN_SIDE:
+    raise BadImage(f"image is {width}x{height} pixels, smaller than the {MIN_SIDE} pixels a "
+                   f"side an image needs: resizing it to {size} would stretch a few pixels "
+                   "into a blur (a thumbnail or a damaged file)")
   new_width, new_height = preprocess.resized_size(width, height, size)
   if new_width * new_height > MAX_RESIZED_PIXELS:
     raise BadImage(f"image is {width}x{height} pixels: resizing its shorter side to {size} "
