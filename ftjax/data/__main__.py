@@ -10,7 +10,9 @@ the dataset is then known by that name (``inspect --dataset knee_xr``, training'
 ``--config.dataset=knee_xr``).
 
 Bad input data ends the command with one line, ``error: <file>: <what is wrong and
-the fix>``, on stderr and exit status 2.
+the fix>``, on stderr and exit status 2; so does a full disk. Ctrl-C ends it with one
+line and exit status 130. Either way nothing is stored (tfds writes into a temporary
+folder, removed on failure), so the same command runs the prepare again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Sequence
 
 from pathlib import Path
 
-from ftjax.data import DataError, generic_builders, get_dataset, list_datasets, user
+from ftjax import faults
+from ftjax.data import DataError, generic_builders, get_dataset, list_datasets, user, validate
 
 
 def _options(pairs: Sequence[str]) -> dict:
@@ -40,6 +43,8 @@ def _options(pairs: Sequence[str]) -> dict:
 
 
 def _builder(args, **kwargs):
+  # Ranges first: a bad option must not surface as a message about each image.
+  validate.check_options({**_options(args.option), "resize": args.resize})
   if args.dataset in generic_builders():
     return _user_builder(args, **kwargs)
   if getattr(args, "name", None):
@@ -124,6 +129,8 @@ def inspect(args) -> int:
   if not builder.data_path.exists():
     raise DataError(f"{builder.data_path}: not prepared; run `python -m ftjax.data prepare "
                     f"--dataset {args.dataset} ...` first.")
+  builder.check_records(f"Remove {builder.data_path} and run `python -m ftjax.data prepare` "
+                        "again.")
   stats = inspection.summary(builder)
   print(json.dumps({"dataset": info.name, "config": builder.builder_config.name,
                     "splits": stats,
@@ -160,8 +167,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     return prepare(args) if args.command == "prepare" else inspect(args)
-  except (DataError, ValueError, OSError) as exc:  # OSError: unreadable files, full disk
-    print(f"error: {exc}", file=sys.stderr)
+  except KeyboardInterrupt:
+    if args.command == "prepare":
+      faults.interrupted(f"interrupted: nothing was stored in {args.data_dir}; run the same "
+                         "command again to prepare the dataset.")
+    faults.interrupted("interrupted.")
+  except Exception as exc:  # pylint: disable=broad-except
+    if faults.no_space(exc, writing=args.command == "prepare"):
+      print(f"error: {Path(args.data_dir).absolute()}: no space left on device while "
+            f"preparing {args.dataset}; nothing was stored. Free some space or give a "
+            "--data_dir on another disk, then run the same command again.", file=sys.stderr)
+      return 2
+    if not isinstance(exc, (DataError, ValueError, OSError)):  # a bug: its traceback
+      raise
+    print(f"error: {exc}", file=sys.stderr)  # OSError: unreadable files
     return 2
 
 

@@ -45,6 +45,58 @@ MAX_RESIZED_PIXELS = 1 << 24
 MIN_SIDE = 16
 
 
+MAX_RESIZE = 4096  # a shorter side of 4096 is already MAX_RESIZED_PIXELS as a square
+
+
+def _integer(low: int, high: int | None = None):
+  def ok(value) -> bool:
+    return (isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            and low <= value and (high is None or value <= high))
+  return ok
+
+
+def _fraction(value) -> bool:
+  return (isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+          and 0.0 <= value < 1.0)
+
+
+# The range of each numeric option (by name, or by the end of its name) and what it
+# is: a value outside it is refused before anything is read.
+_OPTION_RANGES = {
+    "resize": (_integer(MIN_SIDE, MAX_RESIZE),
+               f"a whole number of pixels from {MIN_SIDE} to {MAX_RESIZE} (the shorter side "
+               "after the resize; --resize at prepare, config.resize in training)"),
+    "image_size": (_integer(MIN_SIDE, MAX_RESIZE),
+                   f"a whole number of pixels from {MIN_SIDE} to {MAX_RESIZE}"),
+    "seed": (_integer(-2**63, 2**63 - 1), "a whole number"),
+    "frame_stride": (_integer(1), "a whole number of at least 1"),
+    "num_": (_integer(1), "a whole number of at least 1"),
+    "_fraction": (_fraction, "a fraction from 0 up to (not including) 1"),
+}
+
+
+def _option_rule(name: str):
+  for key, rule in _OPTION_RANGES.items():
+    if name == key or (key.startswith("_") and name.endswith(key)) or (
+        key.endswith("_") and name.startswith(key)):
+      return rule
+  return None
+
+
+def check_options(options: dict) -> None:
+  """Every numeric option within its range, and the held-out fractions leaving some
+  training data; one line naming the option and its range."""
+  for name, value in options.items():
+    rule = _option_rule(name)
+    if rule is not None and not rule[0](value):
+      raise DataError(f"option {name}={value!r} is out of range: {name} is {rule[1]}.")
+  fractions = {k: v for k, v in options.items() if k.endswith("_fraction")}
+  if sum(fractions.values()) >= 1.0:
+    shown = " + ".join(f"{k}={v!r}" for k, v in sorted(fractions.items()))
+    raise DataError(f"options {shown} hold out all the data: together they must stay "
+                    "under 1, leaving images to train on.")
+
+
 class BadImage(ValueError):
   """An image that cannot be stored as it is (the message says why, not where)."""
 
