@@ -7,14 +7,14 @@ from absl import app, flags
 
 from ftjax.report import stats
 from ftjax.report.paper import write_paper_report
-from ftjax.report.write import write_report
+from ftjax.report.write import out_folder, write_report
 
 flags.DEFINE_string("workdir", "runs/paper", "sweep root holding the runs' results.json")
 flags.DEFINE_string("out", "report", "output folder")
 flags.DEFINE_boolean("figures", True, "write the PNG figures (needs matplotlib)")
 flags.DEFINE_integer("bootstrap", stats.DEFAULT_RESAMPLES,
-                     "bootstrap resamples of each test set (patients where it has them)",
-                     lower_bound=10)
+                     "bootstrap resamples of each test set (patients where it has them), "
+                     f"10 to {stats.MAX_RESAMPLES}")
 flags.DEFINE_float("rope", stats.DEFAULT_ROPE, "region of practical equivalence: "
                    "differences within ± this many points of the metric are a tie",
                    lower_bound=0.0)
@@ -40,13 +40,14 @@ def main(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   try:
+    out_folder(f.out)
     if f.paper:
       written = write_paper_report(f.out, rope=f.rope, figures_too=f.figures)
     else:
       written = write_report(f.workdir, f.out, figures_too=f.figures, resamples=f.bootstrap,
                              rope=f.rope, bootstrap_seed=f.bootstrap_seed,
                              modalities=_modalities(f.modality))
-  except FileNotFoundError as error:
+  except (ValueError, OSError) as error:  # OSError: no results, an unwritable --out
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
   for name, path in written.items():

@@ -110,6 +110,15 @@ def verdict_sections(study: collect.Study, verdict: verdict_lib.Verdict,
           ranks.figures)
 
 
+def out_folder(out: str | pathlib.Path) -> pathlib.Path:
+  """The report's folder: ValueError where a file stands in its place."""
+  out = pathlib.Path(out)
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"--out {out}: a file, not a folder; give a folder for the report "
+                     "(it is created if missing).")
+  return out
+
+
 def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
                  figures_too: bool = True, resamples: int = stats.DEFAULT_RESAMPLES,
                  rope: float = stats.DEFAULT_ROPE, bootstrap_seed: int = stats.DEFAULT_SEED,
@@ -122,7 +131,8 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   (`modalities`: dataset name or pattern -> the user's label).
   Returns the main files written: report.md, index.html, cells.csv, summary.json.
   """
-  out = pathlib.Path(out)
+  stats.check_resamples(resamples)
+  out = out_folder(out)
   (out / "tables").mkdir(parents=True, exist_ok=True)
   study = collect.study(workdir)
   for where, why in study.ignored.items():
