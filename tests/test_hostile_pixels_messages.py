@@ -17,7 +17,7 @@ from PIL import Image
 
 from ftjax.data import dicom
 from ftjax.data.validate import BadImage
-from tests.test_data_helpers import write_image
+from tests.test_data_helpers import records, write_image
 from tests.test_own_data import write_dicom
 
 pydicom = pytest.importorskip("pydicom")
@@ -158,3 +158,191 @@ def test_bad_pixels_stop_prepare_or_are_counted_with_reasons(tmp_path):
   assert sum(meta["skipped_bad"].values()) == len(bad)
   for name, reason in bad.items():
     assert [m for m in meta["bad_files"] if str(tmp_path / "m" / name) in m and reason in m]
+
+
+# ---- option ranges: checked before any image is read ------------------------------
+
+
+def _unreadable_folder(root: pathlib.Path) -> pathlib.Path:
+  """Class folders of files that are no images: reading any would fail."""
+  for label in ("a", "b"):
+    for i in range(6):
+      (root / label).mkdir(parents=True, exist_ok=True)
+      (root / label / f"{i}.png").write_bytes(b"not an image")
+  return root
+
+
+@pytest.mark.parametrize("flags,named", [
+    (("--resize", 0), "resize=0 is out of range: resize is a whole number of pixels from 16"),
+    (("--resize", 100000), "resize=100000 is out of range"),
+    (("--option", "val_fraction=1.5"), "val_fraction=1.5 is out of range: val_fraction is a "
+                                       "fraction from 0 up to (not including) 1"),
+    (("--option", "test_fraction=-0.1"), "test_fraction=-0.1 is out of range"),
+    (("--option", "val_fraction=lots"), "val_fraction='lots' is out of range"),
+    (("--option", "val_fraction=0.6", "--option", "test_fraction=0.5"),
+     "test_fraction=0.5 + val_fraction=0.6 hold out all the data"),
+])
+def test_option_out_of_range_is_named_before_any_image_is_read(tmp_path, flags, named):
+  m = _unreadable_folder(tmp_path / "m")
+  proc = run_cli("ftjax.data", "prepare", "--dataset", "folder", "--name", "opt",
+                 "--manual_dir", m, "--data_dir", tmp_path / "d", "--workers", 1, *flags)
+  line = one_error_line(proc)
+  assert named in line, line
+  assert "Re-download" not in line and "class" not in line
+  assert not (tmp_path / "d" / "opt").exists() or not list((tmp_path / "d").rglob("*.json"))
+
+
+def test_builtin_dataset_option_out_of_range_is_named(tmp_path):
+  proc = run_cli("ftjax.data", "prepare", "--dataset", "synthetic", "--data_dir",
+                 tmp_path / "d", "--option", "num_train=0")
+  assert "num_train=0 is out of range: num_train is a whole number of at least 1" in \
+      one_error_line(proc)
+
+
+# ---- prepare: a full disk, Ctrl-C, a damaged record file ---------------------------
+
+SYNTHETIC = ("--dataset", "synthetic", "--resize", 36, "--workers", 1, "--option",
+             "num_train=40", "--option", "num_test=8", "--option", "image_size=36")
+
+
+def _with_fault(module: str, args, fault: str, *, popen=False):
+  """`python -m module args` with `fault` (Python code) run first in the process."""
+  code = (f"{fault}\nimport runpy, sys\nsys.argv = [{module!r}, *{[str(a) for a in args]!r}]\n"
+          f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+  command = [sys.executable, "-c", code]
+  if popen:
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
+
+
+# The second split's record file fails to be written, as a full disk fails it.
+FULL_DISK_AT_SECOND_SPLIT = """
+import errno
+import tensorflow_datasets.core.writer as writer
+_real, _calls = writer.ExampleWriter.write, []
+def _write(self, path, examples):
+  _calls.append(path)
+  if len(_calls) == 2:
+    raise {error}
+  return _real(self, path, examples)
+writer.ExampleWriter.write = _write
+"""
+
+DISK_ERRORS = {
+    "oserror": "OSError(errno.ENOSPC, 'No space left on device')",
+    "array_record_status": "RuntimeError('RESOURCE_EXHAUSTED: Failed to write the record "
+                           "file')",
+}
+
+
+def _stored(data_dir: pathlib.Path) -> list[pathlib.Path]:
+  """What a prepare left: finished datasets and temporary folders."""
+  return sorted(data_dir.rglob("dataset_info.json")) + sorted(data_dir.rglob("incomplete.*"))
+
+
+def _contents(data_dir: pathlib.Path) -> dict:
+  """split -> (id, label, image bytes) of every stored example, as read back."""
+  from ftjax.data import get_dataset
+  builder = get_dataset("synthetic").create(data_dir, resize=36, num_train=40, num_test=8,
+                                            image_size=36)
+  return {split: sorted((r["id"], int(r["label"]), r["image"].tobytes())
+                        for r in records(builder, split))
+          for split in ("train", "validation", "test")}
+
+
+@pytest.fixture(scope="module")
+def straight_synthetic(tmp_path_factory) -> pathlib.Path:
+  """The tiny synthetic dataset, prepared without a fault."""
+  data_dir = tmp_path_factory.mktemp("straight")
+  proc = run_cli("ftjax.data", "prepare", "--data_dir", data_dir, *SYNTHETIC)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return data_dir
+
+
+@pytest.mark.parametrize("kind", sorted(DISK_ERRORS))
+def test_full_disk_during_prepare_is_one_line_and_stores_nothing(tmp_path, kind,
+                                                                 straight_synthetic):
+  args = ("prepare", "--data_dir", tmp_path / "d", *SYNTHETIC)
+  proc = _with_fault("ftjax.data", args,
+                     FULL_DISK_AT_SECOND_SPLIT.format(error=DISK_ERRORS[kind]))
+  line = one_error_line(proc)
+  assert f"error: {tmp_path / 'd'}: no space left on device while preparing synthetic" in line
+  assert "nothing was stored" in line and "Free some space" in line
+  assert _stored(tmp_path / "d") == []
+  again = run_cli("ftjax.data", *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert _contents(tmp_path / "d") == _contents(straight_synthetic)
+
+
+SLOW_DECODE = """
+import time
+from ftjax.data import base
+_real = base._decode
+def _slow(task):
+  time.sleep(0.05)
+  return _real(task)
+base._decode = _slow
+"""
+
+
+def _interrupt_when(proc: subprocess.Popen, ready, limit: float = 120.0) -> None:
+  """SIGINT to `proc` once `ready()` holds (Ctrl-C in a terminal)."""
+  import signal
+  import time
+  start = time.monotonic()
+  while proc.poll() is None and not ready() and time.monotonic() - start < limit:
+    time.sleep(0.01)
+  assert proc.poll() is None, proc.communicate()[1][-3000:]
+  proc.send_signal(signal.SIGINT)
+
+
+def test_ctrl_c_during_prepare_is_one_line_and_stores_nothing(tmp_path, straight_synthetic):
+  import time
+  args = ("prepare", "--data_dir", tmp_path / "d", *SYNTHETIC)
+  proc = _with_fault("ftjax.data", args, SLOW_DECODE, popen=True)
+  _interrupt_when(proc, lambda: any((tmp_path / "d").rglob("incomplete.*")))
+  time.sleep(0.3)  # into the decoding
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+  assert err.strip().splitlines()[-1] == (
+      f"interrupted: nothing was stored in {tmp_path / 'd'}; run the same command again to "
+      "prepare the dataset.")
+  assert _stored(tmp_path / "d") == []
+  again = run_cli("ftjax.data", *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert _contents(tmp_path / "d") == _contents(straight_synthetic)
+
+
+def _copy(source: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
+  import shutil
+  shutil.copytree(source, target)
+  return target
+
+
+@pytest.mark.parametrize("damage", ["truncated", "byte_flipped", "missing"])
+def test_damaged_record_file_is_named_at_load(tmp_path, straight_synthetic, damage):
+  data_dir = _copy(straight_synthetic, tmp_path / "d")
+  record = sorted(data_dir.rglob("*-train.array_record-*"))[0]
+  data = record.read_bytes()
+  if damage == "truncated":
+    record.write_bytes(data[:len(data) // 2])
+  elif damage == "byte_flipped":  # same size, one byte in the middle changed
+    middle = len(data) // 2
+    record.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+  else:
+    record.unlink()
+  inspect = ("ftjax.data", "inspect", "--dataset", "synthetic", "--data_dir", data_dir,
+             "--resize", 36, "--option", "num_train=40", "--option", "num_test=8",
+             "--option", "image_size=36")
+  line = one_error_line(run_cli(*inspect))
+  assert f"error: {record}: prepared record file" in line and "damaged" in line, line
+  assert "prepare` again" in line
+  assert ("missing" if damage == "missing" else
+          "bytes where prepare wrote" if damage == "truncated" else "checksum") in line
+  import shutil
+  shutil.rmtree(record.parent)
+  assert run_cli("ftjax.data", "prepare", "--data_dir", data_dir, *SYNTHETIC).returncode == 0
+  assert run_cli(*inspect).returncode == 0
