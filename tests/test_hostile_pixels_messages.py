@@ -27,11 +27,16 @@ from pydicom.pixels import apply_color_lut  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-  """`python -m <args>` from the repository, CPU only."""
-  full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
-              **(env or {})}
-  return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=REPO, env=full_env,
+def cli_env() -> dict:
+  """This checkout, CPU only, and the tests' compilation cache (repeats are free)."""
+  import jax
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO),
+          "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or ""}
+
+
+def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
+  """`python -m <args>` from the repository."""
+  return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=REPO, env=cli_env(),
                         capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -209,12 +214,11 @@ def _with_fault(module: str, args, fault: str, *, popen=False):
   """`python -m module args` with `fault` (Python code) run first in the process."""
   code = (f"{fault}\nimport runpy, sys\nsys.argv = [{module!r}, *{[str(a) for a in args]!r}]\n"
           f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n")
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
   command = [sys.executable, "-c", code]
   if popen:
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+  return subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True,
                         timeout=300, check=False)
 
 
@@ -346,3 +350,88 @@ def test_damaged_record_file_is_named_at_load(tmp_path, straight_synthetic, dama
   shutil.rmtree(record.parent)
   assert run_cli("ftjax.data", "prepare", "--data_dir", data_dir, *SYNTHETIC).returncode == 0
   assert run_cli(*inspect).returncode == 0
+
+
+# ---- training: a full disk, Ctrl-C, a damaged record file --------------------------
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory) -> pathlib.Path:
+  """The tiny training config's synthetic data, generated once."""
+  from ftjax.data.prepared import prepared_builder
+  from ftjax.models import registry
+  from tests.test_train import tiny_config
+  data_dir = tmp_path_factory.mktemp("train_data")
+  config = tiny_config(data_dir, "lp")
+  prepared_builder(config, registry.get_arch(config.arch))
+  return data_dir
+
+
+def _train_args(tmp_path: pathlib.Path, data_dir: pathlib.Path, epochs: int = 2):
+  config = tmp_path / "tiny.py"
+  config.write_text(
+      "from tests.test_train import tiny_config\n\n\n"
+      f"def get_config():\n  return tiny_config({str(data_dir)!r}, 'lp', num_epochs={epochs})\n")
+  return (f"--config={config}", f"--workdir={tmp_path / 'run'}")
+
+
+def _epochs_logged(workdir: pathlib.Path) -> list[int]:
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line)["epoch"] for line in path.read_text().splitlines()]
+
+
+# Orbax's save of the second epoch's checkpoint fails as tensorstore reports a full disk.
+FULL_DISK_AT_SECOND_SAVE = """
+import orbax.checkpoint as ocp
+_real, _saves = ocp.CheckpointManager.save, []
+def _save(self, step, *args, **kwargs):
+  if "latest" in str(self.directory):
+    _saves.append(step)
+    if len(_saves) == 2:
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "' + str(self.directory)
+                       + '/1.orbax-checkpoint-tmp-0/state/d/0"')
+  return _real(self, step, *args, **kwargs)
+ocp.CheckpointManager.save = _save
+"""
+
+
+def test_full_disk_during_training_is_one_line_and_a_rerun_resumes(tmp_path, train_data):
+  args = _train_args(tmp_path, train_data)
+  proc = _with_fault("ftjax.train", args, FULL_DISK_AT_SECOND_SAVE)
+  line = one_error_line(proc, status=1)
+  assert line == (f"error: {(tmp_path / 'run' / 'checkpoints' / 'latest').absolute()}: No space "
+                  "left on device; the disk is full: free some space or use a --workdir on "
+                  "another disk. The last good checkpoint is kept: rerun the same command to "
+                  "resume."), line
+  assert not (tmp_path / "run" / "results.json").exists()
+  again = run_cli("ftjax.train", *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert results["epochs_run"] == 2 and _epochs_logged(tmp_path / "run") == [0, 1]
+
+
+def test_ctrl_c_during_training_is_one_line_and_a_rerun_resumes(tmp_path, train_data):
+  args = _train_args(tmp_path, train_data)
+  proc = subprocess.Popen([sys.executable, "-m", "ftjax.train", *args], cwd=REPO, env=cli_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _interrupt_when(proc, lambda: _epochs_logged(tmp_path / "run") == [0], limit=240)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+  assert err.strip().splitlines()[-1] == "interrupted; run the same command again to resume."
+  assert not (tmp_path / "run" / "results.json").exists()
+  again = run_cli("ftjax.train", *args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert _epochs_logged(tmp_path / "run") == [0, 1]
+  assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs_run"] == 2
+
+
+def test_damaged_record_file_stops_training_in_one_line(tmp_path, train_data):
+  data_dir = _copy(train_data, tmp_path / "d")
+  record = sorted(data_dir.rglob("*-validation.array_record-*"))[0]
+  record.write_bytes(record.read_bytes()[:100])
+  line = one_error_line(run_cli("ftjax.train", *_train_args(tmp_path, data_dir)), status=1)
+  assert f"error: {record}: prepared record file is 100 bytes where prepare wrote" in line
+  assert "it is generated again on the next run" in line
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()
