@@ -397,6 +397,7 @@ ocp.CheckpointManager.save = _save
 """
 
 
+@pytest.mark.slow  # two trainings; the conversion itself is tested in-process below
 def test_full_disk_during_training_is_one_line_and_a_rerun_resumes(tmp_path, train_data):
   args = _train_args(tmp_path, train_data)
   proc = _with_fault("ftjax.train", args, FULL_DISK_AT_SECOND_SAVE)
@@ -410,6 +411,37 @@ def test_full_disk_during_training_is_one_line_and_a_rerun_resumes(tmp_path, tra
   assert again.returncode == 0, again.stderr[-3000:]
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   assert results["epochs_run"] == 2 and _epochs_logged(tmp_path / "run") == [0, 1]
+
+
+def test_full_disk_in_a_checkpoint_save_becomes_enospc_naming_the_folder(tmp_path,
+                                                                       monkeypatch):
+  import errno
+  import orbax.checkpoint as ocp
+  from ftjax import checkpoints
+
+  def full(self, *args, **kwargs):
+    raise ValueError("RESOURCE_EXHAUSTED: Error writing local file")
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+  ckpts = checkpoints.RunCheckpoints(tmp_path)
+  with pytest.raises(OSError) as caught:
+    ckpts.save_best(0, {"w": np.zeros(2)})
+  assert caught.value.errno == errno.ENOSPC
+  assert caught.value.filename == str((tmp_path / "checkpoints" / "best").absolute())
+  ckpts.close()
+
+
+def test_memory_exhausted_outside_a_write_is_not_a_full_disk():
+  from ftjax import faults
+  oom = ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 GiB")
+  assert not faults.no_space(oom) and faults.no_space(oom, writing=True)
+  try:  # tfds's wrapping of the writer's error keeps it as the cause
+    try:
+      raise OSError(28, "No space left on device")
+    except OSError as inner:
+      raise RuntimeError('Failed to finalize writing of split "train": ...') from inner
+  except RuntimeError as wrapped:
+    assert faults.no_space(wrapped)
 
 
 def test_ctrl_c_during_training_is_one_line_and_a_rerun_resumes(tmp_path, train_data):
@@ -435,3 +467,63 @@ def test_damaged_record_file_stops_training_in_one_line(tmp_path, train_data):
   assert f"error: {record}: prepared record file is 100 bytes where prepare wrote" in line
   assert "it is generated again on the next run" in line
   assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# ---- the report --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> pathlib.Path:
+  """FT and LP-FT, two seeds each, with test predictions (bootstrap intervals)."""
+  from tests.test_own_data_report import _sweep
+  root = tmp_path_factory.mktemp("study")
+  _sweep(root, "knee", ["a", "b", "c"], False)
+  return root
+
+
+def _spoil(root: pathlib.Path, run: str, change) -> pathlib.Path:
+  path = root / run / "results.json"
+  results = json.loads(path.read_text())
+  change(results)
+  path.write_text(json.dumps(results))
+  return path
+
+
+@pytest.mark.parametrize("change,reason", [
+    (lambda r: r.update(main_metrics=["foo", "accuracy"]),
+     "main_metrics ['foo', 'accuracy'] is not a list of metrics of map, accuracy, auroc"),
+    (lambda r: r["validation"].update(auroc="high"),
+     "validation metric 'auroc' is 'high', not a number"),
+    (lambda r: r["test"].pop("accuracy"), "test has no value of main metric(s) ['accuracy']"),
+])
+def test_report_ignores_a_run_with_a_bad_metric_naming_it(tmp_path, study, change, reason):
+  root = _copy(study, tmp_path / "runs")
+  run = "knee/resnet50/ft/lr0.001/seed0"
+  _spoil(root, run, change)
+  proc = run_cli("ftjax.report", "--workdir", root, "--out", tmp_path / "out", "--nofigures",
+                 "--bootstrap", 50)
+  assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert f"report: ignored {root / run}: results.json is unreadable" in proc.stderr
+  assert reason in proc.stderr
+  import csv
+  with open(tmp_path / "out" / "cells.csv", newline="") as f:
+    seeds = {row["strategy"]: row["seeds"] for row in csv.DictReader(f)}
+  assert seeds == {"ft": "1", "lp_ft": "0 1"}  # the other runs are reported
+
+
+@pytest.mark.parametrize("flags,message", [
+    (("--bootstrap", 100000000), "--bootstrap 100000000: give 10 to 10,000 resamples"),
+    (("--bootstrap", 5), "--bootstrap 5: give 10 to 10,000 resamples"),
+    (("--out", "FILE"), "--out FILE: a file, not a folder"),
+    (("--paper", "--out", "FILE"), "--out FILE: a file, not a folder"),
+])
+def test_report_refuses_bad_flags_in_one_line(tmp_path, study, flags, message):
+  out_file = tmp_path / "report.txt"
+  out_file.write_text("keep me")
+  flags = [str(out_file) if f == "FILE" else f for f in flags]
+  if "--out" not in flags:
+    flags += ["--out", tmp_path / "out"]
+  proc = run_cli("ftjax.report", "--workdir", study, "--nofigures", *flags, timeout=60)
+  line = one_error_line(proc, status=1)
+  assert message.replace("FILE", str(out_file)) in line, line
+  assert out_file.read_text() == "keep me" and not (tmp_path / "out").exists()
