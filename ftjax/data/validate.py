@@ -120,15 +120,15 @@ def check_decoded_size(width: int, height: int) -> None:
 def check_resized_size(width: int, height: int, size: int) -> None:
   """The shorter-side resize to ``size`` must start from at least MIN_SIDE pixels a
   side and stay within MAX_RESIZED_PIXELS."""
-  if min(width, height) < MIN_SIDE:
-    raise BadImage(f"image is {width}x{height} pixels, smaller than the {MIN_SIDE} pixels a "
-                   f"side an image needs: resizing it to {size} would stretch a few pixels "
-                   "into a blur (a thumbnail or a damaged file)")
   new_width, new_height = preprocess.resized_size(width, height, size)
   if new_width * new_height > MAX_RESIZED_PIXELS:
     raise BadImage(f"image is {width}x{height} pixels: resizing its shorter side to {size} "
                    f"gives {new_width}x{new_height}, more than the {MAX_RESIZED_PIXELS:,} "
                    f"pixels allowed (an aspect ratio no scan has)")
+  if min(width, height) < MIN_SIDE:
+    raise BadImage(f"image is {width}x{height} pixels, smaller than the {MIN_SIDE} pixels a "
+                   f"side an image needs: resizing it to {size} would stretch a few pixels "
+                   "into a blur (a thumbnail or a damaged file)")
 
 
 def check_pixels(image: Image.Image | np.ndarray) -> tuple[int, int]:
