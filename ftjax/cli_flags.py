@@ -66,8 +66,10 @@ def run_cli(argv, example: str, run: Callable[[ml_collections.ConfigDict], Any])
   except KeyboardInterrupt:
     if verbose:
       raise
-    # Saves are atomic and verified on restore: nothing half-written is resumed from.
-    faults.interrupted("interrupted; run the same command again to resume.")
+    # Saves are atomic and verified on restore, as after a kill: nothing half-written
+    # is resumed from.
+    faults.interrupted("interrupted; run the same command again to resume.",
+                       abandon_threads=True)
   except (DataError, FileNotFoundError, ValueError, TrainingDivergedError) as error:
     if verbose:
       raise

@@ -9,6 +9,7 @@ array_record writer's error, orbax/tensorstore's `RESOURCE_EXHAUSTED` status.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from typing import NoReturn
 
@@ -38,7 +39,15 @@ def no_space(exc: BaseException, *, writing: bool = False) -> bool:
   return False
 
 
-def interrupted(message: str) -> NoReturn:
-  """Ctrl-C: one line on stderr and exit status 130, no traceback."""
-  print(message, file=sys.stderr)
+def interrupted(message: str, *, abandon_threads: bool = False) -> NoReturn:
+  """Ctrl-C: one line on stderr and exit status 130, no traceback.
+
+  ``abandon_threads``: exit at once, as a kill would, leaving background threads (an
+  orbax save in flight) unfinished; else they fail at interpreter shutdown, each with
+  its traceback. Their half-written output must be as safe as after a kill.
+  """
+  print(message, file=sys.stderr, flush=True)
+  if abandon_threads:
+    sys.stdout.flush()
+    os._exit(INTERRUPTED_STATUS)  # pylint: disable=protected-access
   sys.exit(INTERRUPTED_STATUS)

@@ -375,6 +375,22 @@ def _train_args(tmp_path: pathlib.Path, data_dir: pathlib.Path, epochs: int = 2)
   return (f"--config={config}", f"--workdir={tmp_path / 'run'}")
 
 
+@pytest.fixture(scope="module")
+def straight_run(train_data, tmp_path_factory) -> dict:
+  """results.json of the tiny run trained without a fault."""
+  from ftjax import training
+  from tests.test_train import tiny_config
+  return training.train_and_evaluate(tiny_config(train_data, "lp"),
+                                     tmp_path_factory.mktemp("straight_run"))
+
+
+def _same_results(workdir: pathlib.Path, straight: dict) -> None:
+  resumed = json.loads((workdir / "results.json").read_text())
+  for key in ("best_epoch", "epochs_run", "validation", "test"):
+    assert resumed[key] == straight[key], key
+  assert _epochs_logged(workdir) == [0, 1]
+
+
 def _epochs_logged(workdir: pathlib.Path) -> list[int]:
   path = workdir / "metrics.jsonl"
   if not path.exists():
@@ -398,7 +414,8 @@ ocp.CheckpointManager.save = _save
 
 
 @pytest.mark.slow  # two trainings; the conversion itself is tested in-process below
-def test_full_disk_during_training_is_one_line_and_a_rerun_resumes(tmp_path, train_data):
+def test_full_disk_during_training_is_one_line_and_a_rerun_resumes(tmp_path, train_data,
+                                                                   straight_run):
   args = _train_args(tmp_path, train_data)
   proc = _with_fault("ftjax.train", args, FULL_DISK_AT_SECOND_SAVE)
   line = one_error_line(proc, status=1)
@@ -409,8 +426,7 @@ def test_full_disk_during_training_is_one_line_and_a_rerun_resumes(tmp_path, tra
   assert not (tmp_path / "run" / "results.json").exists()
   again = run_cli("ftjax.train", *args)
   assert again.returncode == 0, again.stderr[-3000:]
-  results = json.loads((tmp_path / "run" / "results.json").read_text())
-  assert results["epochs_run"] == 2 and _epochs_logged(tmp_path / "run") == [0, 1]
+  _same_results(tmp_path / "run", straight_run)
 
 
 def test_full_disk_in_a_checkpoint_save_becomes_enospc_naming_the_folder(tmp_path,
@@ -444,19 +460,22 @@ def test_memory_exhausted_outside_a_write_is_not_a_full_disk():
     assert faults.no_space(wrapped)
 
 
-def test_ctrl_c_during_training_is_one_line_and_a_rerun_resumes(tmp_path, train_data):
+def test_ctrl_c_during_training_is_one_line_and_a_rerun_resumes(tmp_path, train_data,
+                                                               straight_run):
+  """Aimed at the first checkpoint save (orbax's thread in flight), else just after."""
   args = _train_args(tmp_path, train_data)
   proc = subprocess.Popen([sys.executable, "-m", "ftjax.train", *args], cwd=REPO, env=cli_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  _interrupt_when(proc, lambda: _epochs_logged(tmp_path / "run") == [0], limit=240)
+  saving = lambda: any((tmp_path / "run" / "checkpoints").glob("*/*.orbax-checkpoint-tmp*"))
+  _interrupt_when(proc, lambda: saving() or _epochs_logged(tmp_path / "run") == [0],
+                  limit=240)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
   assert err.strip().splitlines()[-1] == "interrupted; run the same command again to resume."
   assert not (tmp_path / "run" / "results.json").exists()
   again = run_cli("ftjax.train", *args)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert _epochs_logged(tmp_path / "run") == [0, 1]
-  assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs_run"] == 2
+  _same_results(tmp_path / "run", straight_run)
 
 
 def test_damaged_record_file_stops_training_in_one_line(tmp_path, train_data):
