@@ -186,11 +186,13 @@ def _unreadable_folder(root: pathlib.Path) -> pathlib.Path:
     (("--option", "val_fraction=lots"), "val_fraction='lots' is out of range"),
     (("--option", "val_fraction=0.6", "--option", "test_fraction=0.5"),
      "test_fraction=0.5 + val_fraction=0.6 hold out all the data"),
+    (("--workers", 0), "--workers 0 is out of range: give at least 1 decoding process"),
 ])
 def test_option_out_of_range_is_named_before_any_image_is_read(tmp_path, flags, named):
   m = _unreadable_folder(tmp_path / "m")
   proc = run_cli("ftjax.data", "prepare", "--dataset", "folder", "--name", "opt",
-                 "--manual_dir", m, "--data_dir", tmp_path / "d", "--workers", 1, *flags)
+                 "--manual_dir", m, "--data_dir", tmp_path / "d",
+                 *(() if "--workers" in flags else ("--workers", 1)), *flags)
   line = one_error_line(proc)
   assert named in line, line
   assert "Re-download" not in line and "class" not in line

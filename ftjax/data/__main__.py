@@ -81,6 +81,9 @@ def _user_builder(args, **kwargs):
 
 def prepare(args) -> int:
   import tensorflow_datasets as tfds
+  if args.workers is not None and args.workers < 1:
+    raise DataError(f"--workers {args.workers} is out of range: give at least 1 decoding "
+                    "process (default: all cores).")
   info, builder = _builder(args, skip_bad=args.skip_bad, num_workers=args.workers)
   config = (tfds.download.DownloadConfig(manual_dir=args.manual_dir)
             if args.manual_dir else None)
