@@ -121,6 +121,22 @@ def test_damaged_jpeg_dicom_blames_the_file_not_a_missing_handler(tmp_path):
   assert "not installed" not in str(caught.value)
 
 
+@pytest.mark.parametrize("shape,refused", [((1, 1), True), ((15, 40), True), ((40, 15, 3), True),
+                                           ((16, 16), False), ((28, 28), False)])
+def test_image_under_the_minimum_side_is_refused_not_stretched(shape, refused):
+  """Any source (here an array, as MedMNIST's and the MRI's): a few pixels stretched
+  to the resize would look like an image."""
+  from ftjax.data import base
+  stored = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
+  task = (lambda source: stored, ("x.npz", 3), "x.npz train_images[3]", 32)
+  ok, value = base._decode(task)  # pylint: disable=protected-access
+  if refused:
+    assert not ok and value.startswith(f"x.npz train_images[3]: image is {shape[1]}x{shape[0]} "
+                                       "pixels, smaller than the 16 pixels a side")
+  else:
+    assert ok and min(value.shape[:2]) == 32
+
+
 # ---- through prepare: an error line, or counted skips ----------------------------
 
 
