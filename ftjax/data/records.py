@@ -17,7 +17,9 @@ from typing import Any
 
 from ftjax.data.errors import DataError
 
-FULL_CHECK_BYTES = 256 << 20  # ~0.5 s of sha256; larger datasets: sizes and ends only
+# sha256 ran at 1.5 GB/s on a loaded 2-core machine: 256 MiB is ~0.2 s plus the read.
+# Larger datasets: sizes and first/last MiB only, at every load.
+FULL_CHECK_BYTES = 256 << 20
 _END = 1 << 20
 _PATTERN = "*.array_record-*"
 
