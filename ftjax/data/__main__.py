@@ -92,7 +92,11 @@ def prepare(args) -> int:
     raise DataError(f"{args.dataset} needs --manual_dir. "
                     f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   tfds.disable_progress_bar()  # ours (per split, decoding) is the informative one
-  builder.download_and_prepare(download_config=config)
+  try:
+    builder.download_and_prepare(download_config=config)
+  except KeyboardInterrupt:  # tfds removes its temporary folder on the way out
+    faults.interrupted(f"interrupted: nothing was stored in {args.data_dir}; run the same "
+                       "command again to prepare the dataset.")
   meta = dict(builder.info.metadata)
   print(f"{info.name} ({builder.builder_config.name}) at {builder.data_path}")
   for split, split_info in builder.info.splits.items():
@@ -170,10 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     return prepare(args) if args.command == "prepare" else inspect(args)
-  except KeyboardInterrupt:
-    if args.command == "prepare":
-      faults.interrupted(f"interrupted: nothing was stored in {args.data_dir}; run the same "
-                         "command again to prepare the dataset.")
+  except KeyboardInterrupt:  # before or after writing (prepare() reports one during it)
     faults.interrupted("interrupted.")
   except Exception as exc:  # pylint: disable=broad-except
     if faults.no_space(exc, writing=args.command == "prepare"):
