@@ -40,7 +40,7 @@ def main(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   try:
-    out_folder(f.out)
+    out_folder(f.out, f.bootstrap)
     if f.paper:
       written = write_paper_report(f.out, rope=f.rope, figures_too=f.figures)
     else:

@@ -110,8 +110,11 @@ def verdict_sections(study: collect.Study, verdict: verdict_lib.Verdict,
           ranks.figures)
 
 
-def out_folder(out: str | pathlib.Path) -> pathlib.Path:
-  """The report's folder: ValueError where a file stands in its place."""
+def out_folder(out: str | pathlib.Path, resamples: int = stats.DEFAULT_RESAMPLES
+               ) -> pathlib.Path:
+  """The report's folder, once the arguments are checked before anything is read:
+  ValueError where a file stands in its place, or for resamples out of range."""
+  stats.check_resamples(resamples)
   out = pathlib.Path(out)
   if out.exists() and not out.is_dir():
     raise ValueError(f"--out {out}: a file, not a folder; give a folder for the report "
@@ -131,8 +134,7 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   (`modalities`: dataset name or pattern -> the user's label).
   Returns the main files written: report.md, index.html, cells.csv, summary.json.
   """
-  stats.check_resamples(resamples)
-  out = out_folder(out)
+  out = out_folder(out, resamples)
   (out / "tables").mkdir(parents=True, exist_ok=True)
   study = collect.study(workdir)
   for where, why in study.ignored.items():
