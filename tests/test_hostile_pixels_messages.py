@@ -121,20 +121,24 @@ def test_damaged_jpeg_dicom_blames_the_file_not_a_missing_handler(tmp_path):
   assert "not installed" not in str(caught.value)
 
 
-@pytest.mark.parametrize("shape,refused", [((1, 1), True), ((15, 40), True), ((40, 15, 3), True),
-                                           ((16, 16), False), ((28, 28), False)])
-def test_image_under_the_minimum_side_is_refused_not_stretched(shape, refused):
+@pytest.mark.parametrize("shape,resize,refused", [
+    ((1, 1), 8, "smaller than the 8 pixels a side"),
+    ((7, 40), 8, "smaller than the 8 pixels a side"),
+    ((40, 7, 3), 8, "smaller than the 8 pixels a side"),
+    ((14, 30), 232, "would stretch it 16.6 times, more than the 16 allowed"),
+    ((8, 8), 8, None), ((15, 30), 232, None), ((28, 28), 256, None)])
+def test_image_too_small_for_the_resize_is_refused_not_stretched(shape, resize, refused):
   """Any source (here an array, as MedMNIST's and the MRI's): a few pixels stretched
   to the resize would look like an image."""
   from ftjax.data import base
   stored = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
-  task = (lambda source: stored, ("x.npz", 3), "x.npz train_images[3]", 32)
+  task = (lambda source: stored, ("x.npz", 3), "x.npz train_images[3]", resize)
   ok, value = base._decode(task)  # pylint: disable=protected-access
   if refused:
     assert not ok and value.startswith(f"x.npz train_images[3]: image is {shape[1]}x{shape[0]} "
-                                       "pixels, smaller than the 16 pixels a side")
+                                       "pixels") and refused in value, value
   else:
-    assert ok and min(value.shape[:2]) == 32
+    assert ok and min(value.shape[:2]) == resize
 
 
 # ---- through prepare: an error line, or counted skips ----------------------------
@@ -144,7 +148,7 @@ def _folder_with_bad_images(root: pathlib.Path) -> dict[str, str]:
   """Two classes of good PNGs plus one bad image of each kind; bad file -> reason."""
   for label in ("a", "b"):
     for i in range(8):
-      write_image(root / label / f"{i}.png", size=(40, 30), seed=i)
+      write_image(root / label / f"{i}.png", size=(40, 30), seed=i + 50 * (label == "b"))
   bad = {
       "a/nan_window.dcm": "WindowCenter is nan",
       "a/slope_zero.dcm": "Rescale Slope is 0",
@@ -158,16 +162,19 @@ def _folder_with_bad_images(root: pathlib.Path) -> dict[str, str]:
     write_dicom(root / name, STORED, **extra)
   write_dicom(root / "b/jpeg.dcm", STORED, syntax=uid.JPEGBaseline8Bit)
   Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(root / "a" / "one_pixel.png")
-  write_dicom(root / "b" / "thin.dcm", STORED[:15])
-  bad["a/one_pixel.png"] = "image is 1x1 pixels, smaller than the 16"
-  bad["b/thin.dcm"] = "image is 20x15 pixels, smaller than the 16"
+  write_dicom(root / "b" / "thin.dcm", STORED[:5])
+  write_image(root / "b" / "small.png", size=(12, 10), seed=99)
+  bad["a/one_pixel.png"] = "image is 1x1 pixels, smaller than the 8 pixels a side"
+  bad["b/thin.dcm"] = "image is 20x5 pixels, smaller than the 8 pixels a side"
+  bad["b/small.png"] = "image is 12x10 pixels: resizing its shorter side to 232 would " \
+                       "stretch it 23.2 times, more than the 16 allowed"
   return bad
 
 
 def test_bad_pixels_stop_prepare_or_are_counted_with_reasons(tmp_path):
   bad = _folder_with_bad_images(tmp_path / "m")
   args = ("ftjax.data", "prepare", "--dataset", "folder", "--name", "px", "--manual_dir",
-          tmp_path / "m", "--data_dir", tmp_path / "d", "--resize", 32, "--workers", 1,
+          tmp_path / "m", "--data_dir", tmp_path / "d", "--resize", 232, "--workers", 1,
           "--option", "test_fraction=0.25")
   line = one_error_line(run_cli(*args))
   assert any(str(tmp_path / "m" / name) in line and reason in line
@@ -194,7 +201,7 @@ def _unreadable_folder(root: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.mark.parametrize("flags,named", [
-    (("--resize", 0), "resize=0 is out of range: resize is a whole number of pixels from 16"),
+    (("--resize", 0), "resize=0 is out of range: resize is a whole number of pixels from 8"),
     (("--resize", 100000), "resize=100000 is out of range"),
     (("--option", "val_fraction=1.5"), "val_fraction=1.5 is out of range: val_fraction is a "
                                        "fraction from 0 up to (not including) 1"),
@@ -396,7 +403,7 @@ def _train_args(tmp_path: pathlib.Path, data_dir: pathlib.Path, epochs: int = 2)
 @pytest.fixture(scope="module")
 def straight_run(train_data, tmp_path_factory) -> dict:
   """results.json of the tiny run trained without a fault."""
-  from ftjax import training
+  from ftjax.engine import training
   from tests.test_train import tiny_config
   return training.train_and_evaluate(tiny_config(train_data, "lp"),
                                      tmp_path_factory.mktemp("straight_run"))
@@ -451,7 +458,7 @@ def test_full_disk_in_a_checkpoint_save_becomes_enospc_naming_the_folder(tmp_pat
                                                                        monkeypatch):
   import errno
   import orbax.checkpoint as ocp
-  from ftjax import checkpoints
+  from ftjax.engine import checkpoints
 
   def full(self, *args, **kwargs):
     raise ValueError("RESOURCE_EXHAUSTED: Error writing local file")

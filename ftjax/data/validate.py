@@ -39,10 +39,12 @@ MAX_DECODED_PIXELS = Image.MAX_IMAGE_PIXELS
 # grows with the aspect ratio. 2**24 pixels (48 MiB as RGB) allows an aspect ratio of
 # 1:311 at resize 232; the datasets' images are at most about 1:3.
 MAX_RESIZED_PIXELS = 1 << 24
-# Below this shorter side an image is a thumbnail, an icon or a damaged header: the
-# resize would stretch a few pixels into a plausible-looking blur. MedMNIST's 28 px
-# images, the smallest any dataset ships, pass.
-MIN_SIDE = 16
+# An image is never stretched into a plausible-looking blur: below MIN_SIDE pixels a
+# side it is a thumbnail, an icon or a damaged header, and its shorter side may grow
+# at most MAX_UPSCALE times in the resize (MedMNIST's 28 px images, the smallest any
+# dataset ships, grow 9.1 times to 256).
+MIN_SIDE = 8
+MAX_UPSCALE = 16
 
 
 MAX_RESIZE = 4096  # a shorter side of 4096 is already MAX_RESIZED_PIXELS as a square
@@ -118,8 +120,8 @@ def check_decoded_size(width: int, height: int) -> None:
 
 
 def check_resized_size(width: int, height: int, size: int) -> None:
-  """The shorter-side resize to ``size`` must start from at least MIN_SIDE pixels a
-  side and stay within MAX_RESIZED_PIXELS."""
+  """The shorter-side resize to ``size`` must stay within MAX_RESIZED_PIXELS, start
+  from at least MIN_SIDE pixels a side and stretch at most MAX_UPSCALE times."""
   new_width, new_height = preprocess.resized_size(width, height, size)
   if new_width * new_height > MAX_RESIZED_PIXELS:
     raise BadImage(f"image is {width}x{height} pixels: resizing its shorter side to {size} "
@@ -127,8 +129,12 @@ def check_resized_size(width: int, height: int, size: int) -> None:
                    f"pixels allowed (an aspect ratio no scan has)")
   if min(width, height) < MIN_SIDE:
     raise BadImage(f"image is {width}x{height} pixels, smaller than the {MIN_SIDE} pixels a "
-                   f"side an image needs: resizing it to {size} would stretch a few pixels "
-                   "into a blur (a thumbnail or a damaged file)")
+                   "side an image needs (a thumbnail, an icon or a damaged file)")
+  if size > MAX_UPSCALE * min(width, height):
+    raise BadImage(f"image is {width}x{height} pixels: resizing its shorter side to {size} "
+                   f"would stretch it {size / min(width, height):.1f} times, more than the "
+                   f"{MAX_UPSCALE} allowed (a thumbnail or a damaged file; or prepare with a "
+                   "smaller --resize)")
 
 
 def check_pixels(image: Image.Image | np.ndarray) -> tuple[int, int]:
