@@ -1,5 +1,6 @@
 """Command-line flag parsing and error reporting shared by ftjax's commands."""
 
+import errno
 import os
 import re
 import sys
@@ -8,7 +9,7 @@ from typing import Any, Callable, NoReturn
 from absl import app, flags
 import ml_collections
 
-from ftjax import logging_utils
+from ftjax import faults, logging_utils
 from ftjax import run as run_lib
 from ftjax.data import DataError
 from ftjax.engine.loop import TrainingDivergedError
@@ -122,17 +123,30 @@ def run_cli(argv, example: str, run: Callable[[ml_collections.ConfigDict], Any])
   verbose = os.environ.get("FTJAX_VERBOSE") == "1"  # tracebacks for bug reports
   try:
     return run(config)
+  except KeyboardInterrupt:
+    if verbose:
+      raise
+    # Saves are atomic and verified on restore, as after a kill: nothing half-written
+    # is resumed from.
+    faults.interrupted("interrupted; run the same command again to resume.",
+                       abandon_threads=True)
   except (DataError, FileNotFoundError, ValueError, TrainingDivergedError) as error:
     if verbose:
       raise
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+    if not faults.no_space(error):
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(1)
+    _workdir_error(errno.ENOSPC, None)  # a library's words for a full disk
   except OSError as error:
     # Disk full, read-only or vanished workdir in the middle of a run: the last
     # good checkpoint is intact (saves are atomic), so rerunning resumes.
     if verbose or error.errno not in run_lib.WORKDIR_FIXES:
       raise
-    print(f"error: {error.filename or 'the workdir'}: {os.strerror(error.errno)}; "
-          f"{run_lib.WORKDIR_FIXES[error.errno]}. The last good checkpoint is kept: rerun "
-          f"the same command to resume.", file=sys.stderr)
-    sys.exit(1)
+    _workdir_error(error.errno, error.filename)
+
+
+def _workdir_error(code: int, where: str | None) -> None:
+  where = where or getattr(flags.FLAGS, "workdir", None) or "the workdir"
+  print(f"error: {where}: {os.strerror(code)}; {run_lib.WORKDIR_FIXES[code]}. The last good "
+        "checkpoint is kept: rerun the same command to resume.", file=sys.stderr)
+  sys.exit(1)

@@ -13,6 +13,7 @@ from PIL import Image
 from ftjax.data import __main__ as data_cli
 from ftjax.data import get_dataset
 from tests.helpers.data_trees import records, write_csv, write_image
+from tests.helpers.dicom_files import write_dicom
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom import uid  # noqa: E402
@@ -206,28 +207,6 @@ def test_npz_under_any_name(tmp_path, capsys):
 # ---- DICOM --------------------------------------------------------------------
 
 
-def write_dicom(path: Path, stored: np.ndarray, syntax=uid.ExplicitVRLittleEndian, **tags):
-  meta = FileMetaDataset()
-  meta.MediaStorageSOPClassUID = uid.SecondaryCaptureImageStorage
-  meta.MediaStorageSOPInstanceUID = uid.generate_uid()
-  meta.TransferSyntaxUID = syntax
-  ds = Dataset()
-  ds.file_meta = meta
-  ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-  ds.Rows, ds.Columns = stored.shape
-  ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-  ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-  for key, value in tags.items():
-    setattr(ds, key, value)
-  if syntax.is_compressed:
-    from pydicom.encaps import encapsulate
-    ds.PixelData = encapsulate([b"\xff\xd8" + bytes(64)])
-    ds["PixelData"].VR = "OB"
-  else:
-    ds.PixelData = stored.astype("<u2").tobytes()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  ds.save_as(path, enforce_file_format=True)
-  return path
 
 
 def reference_uint8(path: Path) -> np.ndarray:

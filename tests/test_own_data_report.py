@@ -4,15 +4,13 @@ AUROC of the cell chosen on validation, computed from the runs' saved prediction
 from __future__ import annotations
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
 import sklearn.metrics
 
 from ftjax import report
-from tests.helpers.reports import KNEE, class_rows, predictions
-from ftjax import run as run_lib
+from tests.helpers.reports import KNEE, class_rows, own_data_sweep, predictions
 
 FINDINGS = ("nodule", "fibrosis", "pneumothorax", "mass")  # multi-label, CSV columns
 METRICS = ("loss", "map", "accuracy", "auroc", "kappa", "f1")
@@ -20,40 +18,8 @@ METRICS = ("loss", "map", "accuracy", "auroc", "kappa", "f1")
 
 
 
-def _run(root: pathlib.Path, dataset: str, strategy: str, seed: int, validation: float,
-         class_names, predictions) -> None:
-  """One run directory as train writes it: identity.json, predictions/test.npz and a
-  results.json recording the class names (None: an older results.json without them)."""
-  fields = {"dataset": dataset, "arch": "resnet50", "strategy": strategy, "lr": 1e-3,
-            "seed": seed}
-  run_dir = root / run_lib.relative_path(*fields.values())
-  (run_dir / "predictions").mkdir(parents=True)
-  (run_dir / "identity.json").write_text(json.dumps(
-      {"hash": run_lib.identity_hash(fields), "fields": fields}))
-  scores, labels = predictions
-  np.savez(run_dir / "predictions" / "test.npz", scores=scores, labels=labels,
-           ids=np.array([f"x{i:03d}" for i in range(len(scores))]),
-           groups=np.array([""] * len(scores)))
-  values = lambda main: {**{m: 0.5 for m in METRICS}, "auroc": main, "map": main,
-                         "count": len(scores)}
-  results = {**fields, "main_metrics": ["auroc", "accuracy"], "validation": values(validation),
-             "test": values(0.5)}
-  if class_names is not None:
-    results["class_names"] = list(class_names)
-  (run_dir / "results.json").write_text(json.dumps(results))
 
 
-def _sweep(root: pathlib.Path, dataset: str, class_names, multilabel: bool) -> dict:
-  """FT and LP-FT over two seeds; LP-FT wins on validation. Returns its predictions."""
-  rng = np.random.default_rng(len(dataset))
-  chosen = {}
-  for strategy, validation in (("ft", 0.6), ("lp_ft", 0.8)):
-    for seed in (0, 1):
-      predictions = predictions(rng, 60, len(class_names or KNEE), multilabel)
-      _run(root, dataset, strategy, seed, validation, class_names, predictions)
-      if strategy == "lp_ft":
-        chosen[seed] = predictions
-  return chosen
 
 
 def _sklearn_auroc(predictions: dict) -> list[float | None]:
@@ -75,10 +41,10 @@ def _sklearn_auroc(predictions: dict) -> list[float | None]:
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
   root = tmp_path_factory.mktemp("own_report")
-  chosen = {"knee_xr": _sweep(root / "runs", "knee_xr", KNEE, multilabel=False),
-            "chest_findings": _sweep(root / "runs", "chest_findings", FINDINGS,
+  chosen = {"knee_xr": own_data_sweep(root / "runs", "knee_xr", KNEE, multilabel=False),
+            "chest_findings": own_data_sweep(root / "runs", "chest_findings", FINDINGS,
                                      multilabel=True)}
-  _sweep(root / "runs", "old_set", None, multilabel=False)
+  own_data_sweep(root / "runs", "old_set", None, multilabel=False)
   report.write_report(root / "runs", root / "report", figures_too=False, resamples=20)
   return root / "report", chosen
 

@@ -10,7 +10,9 @@ the dataset is then known by that name (``inspect --dataset knee_xr``, training'
 ``--config.dataset=knee_xr``).
 
 Bad input data ends the command with one line, ``error: <file>: <what is wrong and
-the fix>``, on stderr and exit status 2.
+the fix>``, on stderr and exit status 2; so does a full disk. Ctrl-C ends it with one
+line and exit status 130. Either way nothing is stored (tfds writes into a temporary
+folder, removed on failure), so the same command runs the prepare again.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Sequence
 
 from pathlib import Path
 
-from ftjax import logging_utils, metrics
-from ftjax.data import DataError, generic_builders, get_dataset, list_datasets, user
+from ftjax import faults, logging_utils, metrics
+from ftjax.data import DataError, generic_builders, get_dataset, list_datasets, user, validate
 
 DEFAULT_DATA_DIR = "data"  # configs/base.py's config.data_dir
 _HELP = {
@@ -52,6 +54,8 @@ def _options(pairs: Sequence[str]) -> dict:
 
 
 def _builder(args, **kwargs):
+  # Ranges first: a bad option must not surface as a message about each image.
+  validate.check_options({**_options(args.option), "resize": args.resize})
   if args.dataset in generic_builders():
     return _user_builder(args, **kwargs)
   if getattr(args, "name", None):
@@ -92,6 +96,9 @@ def _user_builder(args, **kwargs):
 
 def prepare(args) -> int:
   import tensorflow_datasets as tfds
+  if args.workers is not None and args.workers < 1:
+    raise DataError(f"--workers {args.workers} is out of range: give at least 1 decoding "
+                    "process (default: all cores).")
   info, builder = _builder(args, skip_bad=args.skip_bad, num_workers=args.workers)
   config = (tfds.download.DownloadConfig(manual_dir=args.manual_dir)
             if args.manual_dir else None)
@@ -100,7 +107,11 @@ def prepare(args) -> int:
     raise DataError(f"{args.dataset} needs --manual_dir. "
                     f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   tfds.disable_progress_bar()  # ours (per split, decoding) is the informative one
-  builder.download_and_prepare(download_config=config)
+  try:
+    builder.download_and_prepare(download_config=config)
+  except KeyboardInterrupt:  # tfds removes its temporary folder on the way out
+    faults.interrupted(f"interrupted: nothing was stored in {args.data_dir}; run the same "
+                       "command again to prepare the dataset.")
   meta = dict(builder.info.metadata)
   print(f"{info.name} ({builder.builder_config.name}) at {builder.data_path}")
   _print_groups(meta, {split: split_info.num_examples
@@ -150,6 +161,8 @@ def inspect(args) -> int:
   if not builder.data_path.exists():
     raise DataError(f"{builder.data_path}: not prepared; run `python -m ftjax.data prepare "
                     f"--dataset {args.dataset} ...` first.")
+  builder.check_records(f"Remove {builder.data_path} and run `python -m ftjax.data prepare` "
+                        "again.")
   stats = inspection.summary(builder)
   meta = dict(builder.info.metadata)
   examples = {split: s["count"] for split, s in stats.items()}
@@ -198,8 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging_utils.quiet_libraries()  # TFDS warns about every custom config it builds
   try:
     return prepare(args) if args.command == "prepare" else inspect(args)
-  except (DataError, ValueError, OSError) as exc:  # OSError: unreadable files, full disk
-    print(f"error: {exc}", file=sys.stderr)
+  except KeyboardInterrupt:  # before or after writing (prepare() reports one during it)
+    faults.interrupted("interrupted.")
+  except Exception as exc:  # pylint: disable=broad-except
+    if faults.no_space(exc, writing=args.command == "prepare"):
+      print(f"error: {Path(args.data_dir).absolute()}: no space left on device while "
+            f"preparing {args.dataset}; nothing was stored. Free some space or give a "
+            "--data_dir on another disk, then run the same command again.", file=sys.stderr)
+      return 2
+    if not isinstance(exc, (DataError, ValueError, OSError)):  # a bug: its traceback
+      raise
+    print(f"error: {exc}", file=sys.stderr)  # OSError: unreadable files
     return 2
 
 

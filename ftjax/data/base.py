@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
@@ -42,7 +43,7 @@ import tqdm
 from etils import epath
 from PIL import Image
 
-from ftjax.data import preprocess, validate
+from ftjax.data import preprocess, records, validate
 from ftjax.data.errors import DataError
 from ftjax.data.registry import DatasetInfo
 
@@ -279,6 +280,7 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                        f"{sorted(set(fields) - {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)})}")
     config = cls.CONFIG_CLASS(name="tmp", **options)
     base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+    validate.check_options({n: getattr(config, n) for n in fields if n not in base})
     parts = [str(getattr(config, n)) for n in cls.NAME_FIELDS]
     parts.append(f"r{config.resize}")
     for name, field in fields.items():
@@ -384,6 +386,15 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _log_download_done(self) -> None:
     pass
+
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    super()._download_and_prepare(dl_manager, download_config=download_config)
+    # Still in tfds's temporary folder: the record files are final, the metadata not yet.
+    self.info.metadata["record_files"] = records.digests(Path(os.fspath(self.data_dir)))
+
+  def check_records(self, fix: str) -> None:
+    """A DataError naming a prepared record file that is not as prepare wrote it."""
+    records.check(self.data_path, self.info.metadata.get("record_files"), fix)
 
   def _config_dir(self) -> Path:
     return Path(os.fspath(self.data_path)).parent
@@ -500,6 +511,10 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       print(f"{self.name} {split}: skipped {skipped} bad image(s) of {len(examples)}")
 
 
+def _ignore_interrupt() -> None:
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _map:
   """Ordered map over tasks: inline for small jobs, else a spawn process pool."""
 
@@ -510,7 +525,9 @@ class _map:
     if self.workers <= 1 or len(self.tasks) < 64:
       return map(_decode, self.tasks)
     # spawn: the parent may have started jax/grain threads, which fork would copy.
-    self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
+    # Ctrl-C reaches the whole process group: the parent reports it, in one line.
+    self.pool = multiprocessing.get_context("spawn").Pool(self.workers,
+                                                          initializer=_ignore_interrupt)
     return self.pool.imap(_decode, self.tasks, chunksize=4)
 
   def __exit__(self, *exc):

@@ -12,10 +12,19 @@ The rule, in the order of the DICOM grayscale pipeline (PS3.3 C.11):
 4. uint8 = round-half-to-even(255 * y).
 
 Colour images (SamplesPerPixel 3; YBR is converted to RGB by pydicom) of 8 bits
-are kept as they are; more bits are min-max stretched. One frame per file.
+are kept as they are; more bits are min-max stretched. PALETTE COLOR images go
+through their palette (pydicom's ``apply_color_lut``), each entry scaled from its
+bits to 0..255. One frame per file.
+
+Values that would give a plausible but wrong image make a bad image instead: a
+Rescale Slope of 0 (every pixel the intercept), a non-finite slope, intercept,
+window centre or width, or modality values that overflow to Inf.
+
 Compressed transfer syntaxes decode when their pixel handler is installed
 (``pip install 'ftjax[dicom_compressed]'``); otherwise the image is a bad image
-whose message names that extra. Uncompressed files need nothing beyond pydicom.
+whose message names that extra. A file whose handler is installed but whose
+data does not decode is a damaged file, and its message says so.
+Uncompressed files need nothing beyond pydicom.
 """
 
 from __future__ import annotations
@@ -32,14 +41,31 @@ def read_dicom(path: str) -> np.ndarray:
   """uint8 (H, W) or (H, W, 3) pixels of the DICOM file ``path`` (rule above)."""
   dataset = _open(path)
   pixels = _pixels(dataset)
+  if _photometric(dataset) == "PALETTE COLOR":
+    return palette(dataset, pixels)
   if int(dataset.get("SamplesPerPixel", 1)) != 1:
     if pixels.dtype == np.uint8:
       return pixels
     return np.rint(_stretch(pixels.astype(np.float64)) * 255.0).astype(np.uint8)
   shown = voi(dataset, modality(dataset, pixels))
-  if str(dataset.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+  if _photometric(dataset) == "MONOCHROME1":
     shown = 1.0 - shown
   return np.rint(np.clip(shown, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _photometric(dataset) -> str:
+  return str(dataset.get("PhotometricInterpretation", "")).strip().upper()
+
+
+def palette(dataset, pixels: np.ndarray) -> np.ndarray:
+  """PALETTE COLOR indices -> uint8 RGB through the file's palette."""
+  from pydicom.pixels import apply_color_lut
+  try:
+    rgb = apply_color_lut(pixels, dataset)
+    bits = int(dataset.RedPaletteColorLookupTableDescriptor[2])
+  except (ValueError, KeyError, AttributeError, IndexError, TypeError) as exc:
+    raise BadImage(f"a PALETTE COLOR image whose palette cannot be applied ({exc})") from None
+  return np.rint(rgb.astype(np.float64) * (255.0 / float(2 ** bits - 1))).astype(np.uint8)
 
 
 def _open(path: str):
@@ -62,11 +88,24 @@ def _pixels(dataset) -> np.ndarray:
   syntax = dataset.file_meta.get("TransferSyntaxUID")
   try:
     return dataset.pixel_array
-  except (RuntimeError, NotImplementedError) as exc:
-    if syntax is not None and syntax.is_compressed:
+  except (RuntimeError, NotImplementedError, ValueError, OSError) as exc:
+    if syntax is not None and syntax.is_compressed and not _decodable(syntax):
       raise BadImage(f"compressed as {syntax.name} ({syntax}), which needs a DICOM pixel "
                      f"handler that is not installed: {EXTRA}") from None
-    raise BadImage(f"cannot decode the DICOM pixel data ({exc})") from None
+    reason = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+    compressed = f" compressed as {syntax.name}" if syntax is not None and syntax.is_compressed \
+        else ""
+    raise BadImage(f"cannot decode the DICOM pixel data{compressed}: the file is damaged "
+                   f"({reason})") from None
+
+
+def _decodable(syntax) -> bool:
+  """Whether a pixel handler for ``syntax`` is installed."""
+  from pydicom.pixels.decoders.base import get_decoder
+  try:
+    return get_decoder(syntax).is_available
+  except NotImplementedError:  # a syntax pydicom has no decoder for at all
+    return False
 
 
 def _lut(item, values: np.ndarray) -> tuple[np.ndarray, int]:
@@ -86,17 +125,34 @@ def modality(dataset, pixels: np.ndarray) -> np.ndarray:
   """Stored values -> modality values (float64)."""
   if "ModalityLUTSequence" in dataset and len(dataset.ModalityLUTSequence):
     return _lut(dataset.ModalityLUTSequence[0], pixels)[0]
-  slope = float(dataset.get("RescaleSlope", 1) or 1)
-  intercept = float(dataset.get("RescaleIntercept", 0) or 0)
-  return pixels.astype(np.float64) * slope + intercept
+  slope = _number(dataset, "RescaleSlope", 1.0)
+  intercept = _number(dataset, "RescaleIntercept", 0.0)
+  if slope == 0:
+    raise BadImage("Rescale Slope is 0, which maps every pixel to the intercept (a "
+                   "damaged header)")
+  with np.errstate(over="ignore", invalid="ignore"):
+    values = pixels.astype(np.float64) * slope + intercept
+  if not np.isfinite(values).all():
+    raise BadImage(f"Rescale Slope {slope:g} and Intercept {intercept:g} overflow the "
+                   "pixel values to Inf (a damaged header)")
+  return values
 
 
-def _first(value) -> float:
-  """The first of a multi-valued Window Center / Width."""
+def _number(dataset, keyword: str, default: float | None) -> float | None:
+  """The first value of a (possibly multi-valued) numeric tag, ``default`` when
+  absent or empty; a value that is not a finite number is a damaged header."""
+  value = dataset.get(keyword)
+  if not isinstance(value, (int, float, str)) and value is not None:
+    value = value[0] if len(value) else None  # a multi-valued tag: its first value
+  if value is None or value == "":
+    return default
   try:
-    return float(value[0])
-  except TypeError:
-    return float(value)
+    number = float(value)
+  except (TypeError, ValueError):
+    raise BadImage(f"{keyword} {value!r} is not a number (a damaged header)") from None
+  if not np.isfinite(number):
+    raise BadImage(f"{keyword} is {number:g}, not a finite number (a damaged header)")
+  return number
 
 
 def voi(dataset, values: np.ndarray) -> np.ndarray:
@@ -104,9 +160,11 @@ def voi(dataset, values: np.ndarray) -> np.ndarray:
   if "VOILUTSequence" in dataset and len(dataset.VOILUTSequence):
     out, bits = _lut(dataset.VOILUTSequence[0], values)
     return out / float(2 ** bits - 1)
-  if "WindowCenter" in dataset and "WindowWidth" in dataset:
+  center = _number(dataset, "WindowCenter", None)
+  width = _number(dataset, "WindowWidth", None)
+  if center is not None and width is not None:
     function = str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-    return window(values, _first(dataset.WindowCenter), _first(dataset.WindowWidth), function)
+    return window(values, center, width, function)
   return _stretch(values)
 
 

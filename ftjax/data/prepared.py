@@ -59,8 +59,17 @@ def prepared_builder(config: ml_collections.ConfigDict, arch: registry.Arch):
           f"{info.name} is not prepared in {pathlib.Path(config.data_dir).absolute()} "
           f"(config {builder.builder_config.name}).{found} "
           f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS} "
-          f"Then prepare it once: python -m ftjax.data prepare {_dataset_flags(info)} "
-          f"--manual_dir <the downloaded folder> --data_dir {config.data_dir} "
-          f"--resize {resize}"
-          + "".join(f" --option {k}={v}" for k, v in sorted(options.items())))
+          f"Then prepare it once: {_prepare_command(info, config, resize, options)}")
+  builder.check_records(
+      f"Remove {builder.data_path} and prepare it again: "
+      f"{_prepare_command(info, config, resize, options)}"
+      if builder.MANUAL_DOWNLOAD_INSTRUCTIONS else
+      f"Remove {builder.data_path}; it is generated again on the next run.")
   return info, builder
+
+
+def _prepare_command(info, config: ml_collections.ConfigDict, resize: int,
+                     options: dict[str, Any]) -> str:
+  return (f"python -m ftjax.data prepare {_dataset_flags(info)} --manual_dir <the downloaded "
+          f"folder> --data_dir {config.data_dir} --resize {resize}"
+          + "".join(f" --option {k}={v}" for k, v in sorted(options.items())))

@@ -3,7 +3,8 @@
 Builders read their own layout; what they read is checked here, in one place:
 
 * images (in the decoding workers): ``check_decoded_size`` before the decode,
-  ``check_pixels`` after it, ``check_resized_size`` before the resize;
+  ``check_pixels`` after it, ``check_resized_size`` (neither tiny nor absurd) before
+  the resize;
   PIL's DecompressionBombWarning is an error (``bomb_warnings_as_errors``);
 * label arrays and CSV headers: ``check_label_shape``, ``check_columns``;
 * the listed examples (``check_examples``): unique keys, UTF-8 names, image
@@ -38,6 +39,64 @@ MAX_DECODED_PIXELS = Image.MAX_IMAGE_PIXELS
 # grows with the aspect ratio. 2**24 pixels (48 MiB as RGB) allows an aspect ratio of
 # 1:311 at resize 232; the datasets' images are at most about 1:3.
 MAX_RESIZED_PIXELS = 1 << 24
+# An image is never stretched into a plausible-looking blur: below MIN_SIDE pixels a
+# side it is a thumbnail, an icon or a damaged header, and its shorter side may grow
+# at most MAX_UPSCALE times in the resize (MedMNIST's 28 px images, the smallest any
+# dataset ships, grow 9.1 times to 256).
+MIN_SIDE = 8
+MAX_UPSCALE = 16
+
+
+MAX_RESIZE = 4096  # a shorter side of 4096 is already MAX_RESIZED_PIXELS as a square
+
+
+def _integer(low: int, high: int | None = None):
+  def ok(value) -> bool:
+    return (isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            and low <= value and (high is None or value <= high))
+  return ok
+
+
+def _fraction(value) -> bool:
+  return (isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+          and 0.0 <= value < 1.0)
+
+
+# The range of each numeric option (by name, or by the end of its name) and what it
+# is: a value outside it is refused before anything is read.
+_OPTION_RANGES = {
+    "resize": (_integer(MIN_SIDE, MAX_RESIZE),
+               f"a whole number of pixels from {MIN_SIDE} to {MAX_RESIZE} (the shorter side "
+               "after the resize; --resize at prepare, config.resize in training)"),
+    "image_size": (_integer(MIN_SIDE, MAX_RESIZE),
+                   f"a whole number of pixels from {MIN_SIDE} to {MAX_RESIZE}"),
+    "seed": (_integer(-2**63, 2**63 - 1), "a whole number"),
+    "frame_stride": (_integer(1), "a whole number of at least 1"),
+    "num_": (_integer(1), "a whole number of at least 1"),
+    "_fraction": (_fraction, "a fraction from 0 up to (not including) 1"),
+}
+
+
+def _option_rule(name: str):
+  for key, rule in _OPTION_RANGES.items():
+    if name == key or (key.startswith("_") and name.endswith(key)) or (
+        key.endswith("_") and name.startswith(key)):
+      return rule
+  return None
+
+
+def check_options(options: dict) -> None:
+  """Every numeric option within its range, and the held-out fractions leaving some
+  training data; one line naming the option and its range."""
+  for name, value in options.items():
+    rule = _option_rule(name)
+    if rule is not None and not rule[0](value):
+      raise DataError(f"option {name}={value!r} is out of range: {name} is {rule[1]}.")
+  fractions = {k: v for k, v in options.items() if k.endswith("_fraction")}
+  if sum(fractions.values()) >= 1.0:
+    shown = " + ".join(f"{k}={v!r}" for k, v in sorted(fractions.items()))
+    raise DataError(f"options {shown} hold out all the data: together they must stay "
+                    "under 1, leaving images to train on.")
 
 
 class BadImage(ValueError):
@@ -61,12 +120,21 @@ def check_decoded_size(width: int, height: int) -> None:
 
 
 def check_resized_size(width: int, height: int, size: int) -> None:
-  """The shorter-side resize to ``size`` must stay within MAX_RESIZED_PIXELS."""
+  """The shorter-side resize to ``size`` must stay within MAX_RESIZED_PIXELS, start
+  from at least MIN_SIDE pixels a side and stretch at most MAX_UPSCALE times."""
   new_width, new_height = preprocess.resized_size(width, height, size)
   if new_width * new_height > MAX_RESIZED_PIXELS:
     raise BadImage(f"image is {width}x{height} pixels: resizing its shorter side to {size} "
                    f"gives {new_width}x{new_height}, more than the {MAX_RESIZED_PIXELS:,} "
                    f"pixels allowed (an aspect ratio no scan has)")
+  if min(width, height) < MIN_SIDE:
+    raise BadImage(f"image is {width}x{height} pixels, smaller than the {MIN_SIDE} pixels a "
+                   "side an image needs (a thumbnail, an icon or a damaged file)")
+  if size > MAX_UPSCALE * min(width, height):
+    raise BadImage(f"image is {width}x{height} pixels: resizing its shorter side to {size} "
+                   f"would stretch it {size / min(width, height):.1f} times, more than the "
+                   f"{MAX_UPSCALE} allowed (a thumbnail or a damaged file; or prepare with a "
+                   "smaller --resize)")
 
 
 def check_pixels(image: Image.Image | np.ndarray) -> tuple[int, int]:

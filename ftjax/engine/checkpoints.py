@@ -17,6 +17,8 @@ uses the previous latest checkpoint (two are kept), or starts from scratch.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import pathlib
@@ -26,6 +28,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from ftjax import faults
 from ftjax import run as run_lib
 
 
@@ -34,6 +37,18 @@ def _manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
                                          enable_async_checkpointing=False,
                                          cleanup_tmp_directories=True)
   return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+@contextlib.contextmanager
+def _writing(manager: ocp.CheckpointManager):
+  """A full disk during a save, in whatever words orbax/tensorstore say it (e.g. a
+  RESOURCE_EXHAUSTED status), becomes OSError(ENOSPC) naming the directory."""
+  try:
+    yield
+  except Exception as exc:  # pylint: disable=broad-except
+    if isinstance(exc, OSError) or not faults.no_space(exc, writing=True):
+      raise
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(manager.directory)) from exc
 
 
 def _abstract(tree: Any) -> Any:
@@ -124,9 +139,10 @@ class RunCheckpoints:
   def save_latest(self, epoch: int, state: Any, loop: dict[str, Any]) -> None:
     if epoch in self.latest.all_steps():
       self.latest.delete(epoch)
-    self.latest.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)))
-    self.latest.wait_until_finished()
+    with _writing(self.latest):
+      self.latest.save(epoch, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)))
+      self.latest.wait_until_finished()
     self._record("latest", self.latest, epoch)
 
   def restore_latest(self, like_state: Any) -> tuple[Any, dict[str, Any]] | None:
@@ -150,8 +166,9 @@ class RunCheckpoints:
     # epoch again and saves the same step: replace it.
     if epoch in self.best.all_steps():
       self.best.delete(epoch)
-    self.best.save(epoch, args=ocp.args.StandardSave(variables), force=True)
-    self.best.wait_until_finished()
+    with _writing(self.best):
+      self.best.save(epoch, args=ocp.args.StandardSave(variables), force=True)
+      self.best.wait_until_finished()
     self._record("best", self.best, epoch)
 
   def restore_best(self, like_variables: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ftjax import metrics, run_options, step
+from ftjax import run_options, step
 from ftjax.engine import evaluation
 from ftjax.data import DataError, pipeline
 from ftjax.data.prepared import dataset_options, prepared_builder

@@ -8,14 +8,14 @@ from absl import app, flags
 from ftjax import cli_flags
 from ftjax.report import stats
 from ftjax.report.paper import write_paper_report
-from ftjax.report.write import write_report
+from ftjax.report.write import out_folder, write_report
 
 flags.DEFINE_string("workdir", "runs/paper", "sweep root holding the runs' results.json")
 flags.DEFINE_string("out", "report", "output folder")
 flags.DEFINE_boolean("figures", True, "write the PNG figures (needs matplotlib)")
 flags.DEFINE_integer("bootstrap", stats.DEFAULT_RESAMPLES,
-                     "bootstrap resamples of each test set (patients where it has them)",
-                     lower_bound=10)
+                     "bootstrap resamples of each test set (patients where it has them), "
+                     f"10 to {stats.MAX_RESAMPLES}")
 flags.DEFINE_float("rope", stats.DEFAULT_ROPE, "region of practical equivalence: "
                    "differences within ± this many points of the metric are a tie",
                    lower_bound=0.0)
@@ -45,6 +45,7 @@ def main(argv) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   try:
+    out_folder(f.out, f.bootstrap)
     if f.paper:
       written = write_paper_report(f.out, rope=f.rope, figures_too=f.figures)
     else:
@@ -52,7 +53,7 @@ def main(argv) -> None:
                              rope=f.rope, bootstrap_seed=f.bootstrap_seed,
                              modalities=_modalities(f.modality),
                              min_test_groups=f.min_test_groups)
-  except FileNotFoundError as error:
+  except (ValueError, OSError) as error:  # OSError: no results, an unwritable --out
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
   for name, path in written.items():

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ftjax import run as run_lib
+from ftjax.report import stats
 
 # dataset -> arch -> strategy -> metric -> (mean, standard error), in percent.
 Cells = dict[str, dict[str, dict[str, dict[str, tuple[float, float]]]]]
@@ -74,8 +75,8 @@ def load_results(workdir: str | pathlib.Path,
     try:
       r = json.loads(path.read_text())
       record = Record(r["dataset"], r["arch"], r["strategy"], float(r["lr"]),
-                      int(r["seed"]), tuple(r["main_metrics"]), r["validation"],
-                      r["test"], path.parent, _class_names(r))
+                      int(r["seed"]), _main_metrics(r), _metric_values(r, "validation"),
+                      _metric_values(r, "test"), path.parent, _class_names(r))
     except (OSError, ValueError, KeyError, TypeError) as error:
       ignored[where] = f"results.json is unreadable ({type(error).__name__}: {error})"
       continue
@@ -85,6 +86,30 @@ def load_results(workdir: str | pathlib.Path,
       continue
     records.append(record)
   return sorted(records, key=lambda r: (r.key, r.lr, r.seed))
+
+
+def _metric_values(results: dict[str, Any], split: str) -> dict[str, float]:
+  values = results[split]
+  if not isinstance(values, dict):
+    raise TypeError(f"{split} is {type(values).__name__}, not metric values")
+  for name, value in values.items():
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise TypeError(f"{split} metric {name!r} is {value!r}, not a number")
+  return values
+
+
+def _main_metrics(results: dict[str, Any]) -> tuple[str, ...]:
+  """The run's main metrics: known metrics (stats.METRICS) it has values of."""
+  names = results["main_metrics"]
+  if (not isinstance(names, list) or not names
+      or not all(isinstance(n, str) and n in stats.METRICS for n in names)):
+    raise ValueError(f"main_metrics {names!r} is not a list of metrics of "
+                     f"{', '.join(stats.METRICS)}")
+  for split in ("validation", "test"):
+    missing = [n for n in names if n not in results[split]]
+    if missing:
+      raise KeyError(f"{split} has no value of main metric(s) {missing}")
+  return tuple(names)
 
 
 def _class_names(results: dict[str, Any]) -> tuple[str, ...]:

@@ -136,6 +136,18 @@ def verdict_sections(study: collect.Study, verdict: verdict_lib.Verdict,
   return sections, ranks.figures
 
 
+def out_folder(out: str | pathlib.Path, resamples: int = stats.DEFAULT_RESAMPLES
+               ) -> pathlib.Path:
+  """The report's folder, once the arguments are checked before anything is read:
+  ValueError where a file stands in its place, or for resamples out of range."""
+  stats.check_resamples(resamples)
+  out = pathlib.Path(out)
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"--out {out}: a file, not a folder; give a folder for the report "
+                     "(it is created if missing).")
+  return out
+
+
 def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
                  figures_too: bool = True, resamples: int = stats.DEFAULT_RESAMPLES,
                  rope: float = stats.DEFAULT_ROPE, bootstrap_seed: int = stats.DEFAULT_SEED,
@@ -152,7 +164,7 @@ def write_report(workdir: str | pathlib.Path, out: str | pathlib.Path, *,
   neither intervals nor calls: its recommendation says there are too few.
   Returns the main files written: report.md, index.html, cells.csv, summary.json.
   """
-  out = pathlib.Path(out)
+  out = out_folder(out, resamples)
   (out / "tables").mkdir(parents=True, exist_ok=True)
   study = collect.study(workdir)
   for where, why in study.ignored.items():
