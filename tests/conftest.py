@@ -31,3 +31,60 @@ def _free_module_caches():
     for cached in (step_tests.fast_setup, step_tests.exact_setup, step_tests.torch_setup):
       cached.cache_clear()
   gc.collect()
+
+
+# --- Markers by what a test does (`pytest -m process`, `-m parity`, `-m fuzz`) ---------
+# Read from the test's source, and from the module's own helpers that it calls, so a
+# new test is marked without anyone remembering to: `process` starts Python processes
+# (the commands as a user runs them), `parity` compares numbers with an independent
+# reference (PyTorch, timm, scikit-learn, SciPy, pydicom), `fuzz` feeds generated
+# hostile input. `slow` is marked by hand: what the default run leaves to `-m slow`.
+
+import inspect  # pylint: disable=wrong-import-position,wrong-import-order
+import re  # pylint: disable=wrong-import-position,wrong-import-order
+
+_TOKENS = {
+    "process": re.compile(r"\bsubprocess\b|sys\.executable|\bunder_1_gib\(|\bPopen\b|"
+                          r"multiprocessing|mp_context|\bnum_workers\s*=\s*[1-9]"),
+    "parity": re.compile(r"\btorch\b|\btorchvision\b|\btimm\b|\bsklearn\b|\bscipy\b|"
+                         r"\bpydicom\b|torch_reference|torch_models|\bviolations\(|"
+                         r"\bassert_matches\(|apply_(modality|voi|color)_lut"),
+}
+_module_helpers: dict[str, dict[str, str]] = {}
+
+
+def _helpers_of(module) -> dict[str, str]:
+  """name -> source of the module's own functions (not tests)."""
+  if module.__name__ not in _module_helpers:
+    found = {}
+    for name, value in vars(module).items():
+      if (inspect.isfunction(value) and value.__module__ == module.__name__
+          and not name.startswith("test_")):
+        try:
+          found[name] = inspect.getsource(value)
+        except (OSError, TypeError):
+          pass
+    _module_helpers[module.__name__] = found
+  return _module_helpers[module.__name__]
+
+
+def _source_with_helpers(item) -> str:
+  try:
+    source = inspect.getsource(item.function)
+  except (OSError, TypeError, AttributeError):
+    return ""
+  helpers = _helpers_of(item.module)
+  called = [helpers[name] for name in helpers if re.search(rf"\b{name}\(", source)]
+  fixtures = [helpers[name] for name in getattr(item, "fixturenames", ()) if name in helpers]
+  return "\n".join([source, *called, *fixtures])
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    source = _source_with_helpers(item)
+    for marker, pattern in _TOKENS.items():
+      if pattern.search(source):
+        item.add_marker(marker)
+    if "fuzz" in item.module.__name__ or "fuzz" in item.name:
+      item.add_marker("fuzz")
