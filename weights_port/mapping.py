@@ -26,6 +26,12 @@ _LEGACY_DENSENET = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
+def vit_mapping():
+  """weights_port.vit_mapping, imported late (it builds on this module)."""
+  from weights_port import vit_mapping as module  # pylint: disable=import-outside-toplevel
+  return module
+
+
 class KeyMismatchError(ValueError):
   pass
 
@@ -128,7 +134,7 @@ def guess_arch(keys) -> str | None:
   """The registered architecture whose torch keys are exactly `keys`, if any."""
   keys = set(keys)
   for arch in registry.ARCHS.values():
-    if set(expected_keys(arch)) == keys:
+    if arch.family != "vit" and set(expected_keys(arch)) == keys:
       return arch.name
   return None
 
@@ -147,6 +153,8 @@ def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, np.ndarray],
   torchvision checkpoints convert too.
   """
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
+  if arch.family == "vit":
+    return vit_mapping().torch_to_flax(arch, state_dict, source)
   state_dict = normalize_keys(state_dict)
   head = state_dict.get(_head_key(arch))
   num_classes = int(head.shape[0]) if head is not None and head.ndim == 2 else 1000
@@ -154,7 +162,7 @@ def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, np.ndarray],
   missing = expected.keys() - state_dict.keys()
   unexpected = state_dict.keys() - expected.keys()
   if missing or unexpected:
-    guess = guess_arch(state_dict.keys())
+    guess = guess_arch(state_dict.keys()) or vit_mapping().guess_arch(state_dict)
     hint = (f"It looks like a {guess} checkpoint: use --arch {guess}." if guess else
             f"Is --arch right? Valid names: {', '.join(registry.ARCHS)}.")
     raise KeyMismatchError(
@@ -181,6 +189,8 @@ def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, np.ndarray],
 def flax_to_torch(arch: str | registry.Arch, variables: dict[str, Any]) -> dict[str, np.ndarray]:
   """The inverse of `torch_to_flax`: a torchvision state_dict as numpy arrays."""
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
+  if arch.family == "vit":
+    return vit_mapping().flax_to_torch(arch, variables)
   out = {}
   for collection in ("params", "batch_stats"):
     for path, value in _flat(dict(variables.get(collection, {}))):
