@@ -52,6 +52,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       refuse(field, "an integer >= 0")
   if 0 < config.resize < config.crop:
     refuse("resize", f"0 (the architecture's) or at least config.crop ({config.crop})")
+  patch = config.arch in registry.ARCHS and registry.patch_size(config.arch)
+  if patch and config.crop % patch:
+    refuse("crop", f"a multiple of {config.arch}'s patch size {patch} (e.g. "
+                   f"{max(patch, round(config.crop / patch) * patch)})")
   if config.compute_dtype not in COMPUTE_DTYPES:
     refuse("compute_dtype", " or ".join(map(repr, COMPUTE_DTYPES)))
   if config.init not in INITS:

@@ -162,12 +162,16 @@ def get_arch(name: str) -> Arch:
                      f"{', '.join(ARCHS)}.") from None
 
 
+def patch_size(arch: str | Arch) -> int | None:
+  """A ViT's patch size (its input sides must be multiples of it); None for CNNs."""
+  arch = get_arch(arch) if isinstance(arch, str) else arch
+  return arch.build(1).config.patch_size if arch.family == "vit" else None
+
+
 def _init_size(arch: Arch, image_size: int) -> int:
   """A ViT's variables do not depend on the input size, which must fit its patches."""
-  if arch.family == "vit":
-    patch = arch.build(1).config.patch_size
-    return patch * max(1, image_size // patch)
-  return image_size
+  patch = patch_size(arch)
+  return patch * max(1, image_size // patch) if patch else image_size
 
 
 def init_variables(arch: str | Arch, rng: jax.Array | int = 0, num_classes: int = 1000,
