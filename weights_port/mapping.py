@@ -162,7 +162,7 @@ def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, np.ndarray],
   missing = expected.keys() - state_dict.keys()
   unexpected = state_dict.keys() - expected.keys()
   if missing or unexpected:
-    guess = guess_arch(state_dict.keys()) or vit_mapping().guess_arch(state_dict)
+    guess = vit_mapping().guess_arch(state_dict) or guess_arch(state_dict.keys())
     hint = (f"It looks like a {guess} checkpoint: use --arch {guess}." if guess else
             f"Is --arch right? Valid names: {', '.join(registry.ARCHS)}.")
     raise KeyMismatchError(
