@@ -3,6 +3,11 @@
 import copy
 import functools
 import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -327,7 +332,7 @@ def test_state_dict_of_another_vit_is_one_error_line(arch, change, expected, tmp
   assert _convert(arch, _state_file(tmp_path, state_dict), tmp_path / "out") == 1
   err = _error_line(capsys)
   assert "model.safetensors" in err
-  assert __import__("re").search(expected, err), err
+  assert re.search(expected, err), err
 
 
 def test_patch_size_mismatch_names_both_and_the_right_arch(tmp_path, capsys):
@@ -341,7 +346,6 @@ def test_patch_size_mismatch_names_both_and_the_right_arch(tmp_path, capsys):
 
 def test_cnn_state_dict_given_as_vit_names_the_cnn(tmp_path, capsys):
   resnet = torch_models.state_dict_numpy(torch_models.random_model("resnet18"))
-  resnet = {k: v for k, v in resnet.items() if not k.endswith("num_batches_tracked")}
   assert _convert("vit_tiny_patch16_224", _state_file(tmp_path, resnet), tmp_path / "o") == 1
   err = _error_line(capsys)
   assert "not a ViT state dict" in err and "use --arch resnet18" in err
@@ -376,3 +380,56 @@ def test_torchvision_logits_at_224_through_the_cli(name, tmp_path):
   images = _images((2, 3, 224, 224), seed=6)
   logits = jax.jit(flax_model.apply)(variables, images.transpose(0, 2, 3, 1))
   torch_models.assert_matches(logits, _torch_logits(reference_model.eval(), images))
+
+
+# ------------------------------------------------------------- training CLI
+
+
+ALL_MODULES = sorted(["stem", *(f"block{i}" for i in range(12)), "norm", "head"])
+# What each strategy trains in the first two epochs (lp_epochs=1, gradual: one block a
+# phase): G-LF releases encoder4 (blocks 9-11 and the final norm) after the head.
+TRAINABLE = {
+    "g_lf": [["head"], ["block10", "block11", "block9", "head", "norm"]],
+    "ft": [ALL_MODULES] * 2, "lp": [["head"]] * 2, "lp_ft": [["head"], ALL_MODULES],
+    "auto_rgn": [ALL_MODULES] * 2, "bitfit": [ALL_MODULES] * 2,
+}
+
+
+@pytest.fixture(scope="module")
+def train_data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("data")
+
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def _train_cli(workdir, flags: dict) -> subprocess.CompletedProcess:
+  command = [sys.executable, "-m", "ftjax.train", "--config", "configs/demo.py",
+             f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in flags.items())]
+  return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+
+
+@pytest.mark.parametrize("strategy", [
+    "g_lf", *(pytest.param(s, marks=pytest.mark.slow) for s in TRAINABLE if s != "g_lf")])
+def test_train_cli_with_a_vit(strategy, train_data_dir, tmp_path):
+  result = _train_cli(tmp_path / "run", {
+      "arch": "vit_tiny_patch16_224", "strategy": strategy, "data_dir": train_data_dir,
+      "dataset_options.num_train": 48, "dataset_options.num_test": 16, "resize": 36,
+      "crop": 32, "batch_size": 16, "num_epochs": 2, "patience": 5, "progress": False,
+      "strategy_options.lp_epochs": 1, "strategy_options.rgn_batches": 2})
+  assert result.returncode == 0, result.stderr[-2000:]
+  saved = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert saved["arch"] == "vit_tiny_patch16_224" and saved["epochs_run"] == 2
+  assert all(np.isfinite(saved["test"][m]) for m in ("accuracy", "auroc", "kappa"))
+  lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+  assert [sorted(json.loads(line)["trainable"]) for line in lines] == TRAINABLE[strategy]
+
+
+def test_train_cli_refuses_a_crop_that_is_not_a_patch_multiple(tmp_path):
+  result = _train_cli(tmp_path / "run", {"arch": "vit_small_patch14_dinov2", "crop": 64,
+                                         "data_dir": tmp_path / "data"})
+  assert result.returncode != 0
+  assert "config.crop must be a multiple of vit_small_patch14_dinov2's patch size 14" in (
+      result.stderr)
+  assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()

@@ -143,7 +143,8 @@ def _differences(arch: registry.Arch, found: dict[str, Any]) -> str:
 def _mismatch(arch: registry.Arch, state_dict: dict[str, Any], source: str,
               expected: dict[str, Any]) -> mapping.KeyMismatchError:
   found = describe(state_dict)
-  guess = guess_arch(state_dict) if found else mapping.guess_arch(state_dict)
+  guess = (guess_arch(state_dict) if found else
+           mapping.guess_arch(mapping.normalize_keys(state_dict).keys()))
   hint = (f"It looks like a {guess} checkpoint: use --arch {guess}." if guess else
           f"Is --arch right? Valid names: {', '.join(registry.ARCHS)}.")
   differs = found and _differences(arch, found)
