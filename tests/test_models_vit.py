@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -268,7 +269,6 @@ def tiny_file(tmp_path_factory):
 
 
 def test_verify_and_sha256_of_a_safetensors_file(tiny_file, tmp_path, capsys):
-  import hashlib  # pylint: disable=import-outside-toplevel
   sha = hashlib.sha256(tiny_file.read_bytes()).hexdigest()
   out = tmp_path / "tiny"
   assert _convert("vit_tiny_patch16_224", tiny_file, out, "--sha256", sha[:12]) == 0

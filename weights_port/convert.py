@@ -93,6 +93,12 @@ def convert_state_dict(arch: str | registry.Arch, state_dict: dict[str, Any],
   return manifest
 
 
+def _max_total_bytes(arch: registry.Arch) -> int:
+  """The .pth reader's cap on all storages: its default, or twice the arch's float32
+  parameters where that is more (vit_l_16's file, 1.1 GiB, is over the default)."""
+  return max(pth.DEFAULT_MAX_TOTAL_BYTES, 2 * 4 * registry.param_count(arch))
+
+
 def convert_file(arch: str | registry.Arch, src: str | os.PathLike,
                  out_dir: str | os.PathLike, *, check_hash: bool = True,
                  allow_bad_weights: bool = False,
@@ -107,8 +113,10 @@ def convert_file(arch: str | registry.Arch, src: str | os.PathLike,
   sha256 = pth.sha256_of(src)
   if check_hash:
     check_file_hash(src, sha256, expected_sha256)
-  reader = safetensors_file if safetensors_file.is_safetensors(src) else pth
-  state_dict = reader.read_state_dict(src)
+  if safetensors_file.is_safetensors(src):
+    state_dict = safetensors_file.read_state_dict(src)
+  else:
+    state_dict = pth.read_state_dict(src, max_total_bytes=_max_total_bytes(arch))
   return convert_state_dict(arch, state_dict, out_dir, source=src.name, sha256=sha256,
                             allow_bad_weights=allow_bad_weights)
 
