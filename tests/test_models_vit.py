@@ -214,10 +214,9 @@ def test_dropout_and_drop_path_are_options_off_by_default():
 @pytest.mark.parametrize("size", [(30, 32), (32, 8), (100, 100)])
 def test_input_not_a_patch_multiple_is_one_clear_error(size):
   model = registry.get_arch("vit_tiny_patch16_224").build(3)
-  variables = registry.init_variables("vit_tiny_patch16_224", 0, 3)
   with pytest.raises(ValueError, match=rf"vit_tiny_patch16_224 .*16x16 patches.*"
                                        rf"got {size[0]}x{size[1]}"):
-    model.apply(variables, np.zeros((1, *size, 3), np.float32))
+    model.init(jax.random.key(0), np.zeros((1, *size, 3), np.float32))
 
 
 # ----------------------------------------------------------------- the port
