@@ -42,7 +42,8 @@ def sweep_config(args) -> "object":
 def child(run_config: str, run_dir: str, cache_dir: str) -> None:
   """One run in this process; prints its compile record as the last line."""
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from ftjax import compile_cache, training  # pylint: disable=import-outside-toplevel
+  from ftjax import compile_cache  # pylint: disable=import-outside-toplevel
+  from ftjax.engine import training  # pylint: disable=import-outside-toplevel
   if cache_dir:
     compile_cache.enable(pathlib.Path(cache_dir))
   stats = compile_cache.watch()

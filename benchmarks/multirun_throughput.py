@@ -24,7 +24,8 @@ import time
 import jax
 
 from configs import base
-from ftjax import experiment, multirun, training
+from ftjax.engine import group as multirun
+from ftjax.engine import experiment, training
 
 
 def make_config(args) -> "base.ml_collections.ConfigDict":

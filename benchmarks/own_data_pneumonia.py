@@ -49,7 +49,7 @@ def export_folders(npz: pathlib.Path, root: pathlib.Path) -> dict[str, int]:
 
 def ftjax_runs(args, data_dir: pathlib.Path, work: pathlib.Path) -> dict[str, dict]:
   from configs import base  # pylint: disable=import-outside-toplevel
-  from ftjax import training  # pylint: disable=import-outside-toplevel
+  from ftjax.engine import training  # pylint: disable=import-outside-toplevel
   out = {}
   for strategy in args.strategies:
     config = base.get_config(f"pneumonia_subset,{strategy},{args.arch}")
@@ -145,9 +145,12 @@ def main(argv=None) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     counts = export_folders(args.npz, tmp / "images")
+    # The subset holds 3 images that are in both its train and val splits (as MedMNIST
+    # ships them); allowed, so that both sides train on the same images.
     subprocess.run([sys.executable, "-m", "ftjax.data", "prepare", "--dataset", "folder",
                     "--name", "pneumonia_subset", "--manual_dir", str(tmp / "images"),
-                    "--data_dir", str(tmp / "data"), "--resize", str(args.resize)],
+                    "--data_dir", str(tmp / "data"), "--resize", str(args.resize),
+                    "--option", "allow_duplicates=true"],
                    check=True, cwd=ROOT)
     record = {"images": counts, "args": {k: v for k, v in vars(args).items() if k != "npz"},
               "ftjax": ftjax_runs(args, tmp / "data", tmp / "runs"),

@@ -2,24 +2,22 @@
 
   python -m ftjax.sweep --config configs/sweep_demo.py --workdir runs/sweep_demo
   python -m ftjax.report --workdir runs/sweep_demo --out report_demo
+
+The argument after ':' is optional and, as for every sweep config,
+'datasets[/archs[/strategies]]' (the order of the run directories), each a
+comma-separated list replacing the demo's: 'synthetic/resnet18/ft,lp'. Every name
+is checked (ftjax.names).
 """
 
 import ml_collections
 
-from configs import demo
-from ftjax import launch
+from configs import base, demo
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.base = demo.get_config()
-  config.base.progress = False
-  config.base.num_epochs = 3
-  config.datasets = ("synthetic",)
-  config.archs = ("resnet18",)
-  config.strategies = ("ft", "lp", "lp_ft", "auto_rgn")
-  config.lrs = (1e-3, 1e-4)
-  config.seeds = (0, 1)
-  # launcher (local | slurm), slurm resources, compilation cache, runs per GPU.
-  launch.add_cluster_fields(config)
-  return config
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  run_config = demo.get_config()
+  run_config.num_epochs = 3
+  return base.sweep_config(f"configs/sweep_demo.py:{arg}", arg, run_config,
+                           datasets=("synthetic",), archs=("resnet18",),
+                           strategies=("ft", "lp", "lp_ft", "auto_rgn"),
+                           lrs=(1e-3, 1e-4), seeds=(0, 1))

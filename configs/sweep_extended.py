@@ -4,8 +4,12 @@
   python -m ftjax.sweep --config configs/sweep_extended.py:knee_xr --workdir runs/knee_ext
   python -m ftjax.report --workdir runs/extended --out report_extended
 
-The argument after ':' is a comma-separated list of datasets (built-in names or
-your own, by the name they were prepared under); without it, the paper's eight.
+The argument after ':' is optional and, as for every sweep config,
+'datasets[/archs[/strategies]]' (the order of the run directories), each a
+comma-separated list: 'knee_xr,bach' (datasets: built-in names or your own, by the
+name they were prepared under), 'knee_xr/resnet18' (and the archs), ... Without it,
+the paper's eight datasets and three archs. Every name is checked (ftjax.names):
+'resnet18' in the datasets' place is refused, not taken for a dataset.
 Strategies: the paper's eight, then llrd, bitfit, surgical, wise_ft, knn and
 bss (ftjax/strategies/, one module per family). knn trains nothing and has no
 learning rate: the sweep runs it once per seed. The report shows the new
@@ -15,23 +19,11 @@ strategies beside the paper's, with no published value for them.
 import ml_collections
 
 from configs import base, sweep_paper
-from ftjax import launch
 
 EXTENDED_STRATEGIES = ("llrd", "bitfit", "surgical", "wise_ft", "knn", "bss")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  datasets = tuple(d.strip() for d in arg.split(",") if d.strip()) if arg else (
-      sweep_paper.DATASETS)
-  config = ml_collections.ConfigDict()
-  config.base = base.get_config(f"{datasets[0]},ft")
-  config.base.dataset_options = base.dataset_options(*datasets)
-  config.base.progress = False  # the sweep shows one bar over runs
-  config.datasets = datasets
-  config.archs = sweep_paper.ARCHS
-  config.strategies = sweep_paper.STRATEGIES + EXTENDED_STRATEGIES
-  config.lrs = (1e-3, 1e-4, 1e-5)
-  config.seeds = (0, 1, 2)
-  # launcher (local | slurm), slurm resources, compilation cache, runs per GPU.
-  launch.add_cluster_fields(config)
-  return config
+  return base.sweep_config(f"configs/sweep_extended.py:{arg}", arg, base.get_config(),
+                           datasets=sweep_paper.DATASETS, archs=sweep_paper.ARCHS,
+                           strategies=sweep_paper.STRATEGIES + EXTENDED_STRATEGIES)

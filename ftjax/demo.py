@@ -12,9 +12,8 @@ import importlib.util
 import pathlib
 import time
 
-from absl import logging
-
-from ftjax.training import train_and_evaluate
+from ftjax import logging_utils
+from ftjax.engine.training import train_and_evaluate
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--config", type=pathlib.Path, default=_DEFAULT_CONFIG)
   parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/demo"))
   args = parser.parse_args(argv)
-  logging.set_verbosity(logging.ERROR)  # TFDS warns about every custom config it builds
+  logging_utils.quiet_libraries()
   config = load_config(args.config)
   start = time.perf_counter()
   rows = []
@@ -58,5 +57,10 @@ def main(argv: list[str] | None = None) -> None:
   print(f"\nResults and metrics.jsonl of each run are in {args.workdir}/<strategy>/.")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`."""
   main()
+
+
+if __name__ == "__main__":
+  cli()

@@ -10,10 +10,11 @@ import json
 import pathlib
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 import ml_collections
 
-from ftjax import checkpoints, cli_flags, evaluation, step
+from ftjax import cli_flags, step
+from ftjax.engine import checkpoints, evaluation
 from ftjax import run as run_lib
 from ftjax.data.prepared import prepared_builder
 from ftjax.data import DataError
@@ -56,7 +57,6 @@ def evaluate_run(workdir: str | pathlib.Path, split: str = "test",
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.ERROR)  # orbax and TFDS are chatty at INFO
   try:
     print(json.dumps(evaluate_run(flags.FLAGS.workdir, flags.FLAGS.split,
                                   flags.FLAGS.checkpoint), indent=2))
@@ -65,9 +65,14 @@ def main(argv) -> None:
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`."""
   flags.DEFINE_string("workdir", None, "a run directory of ftjax.train", required=True)
   flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "split")
   flags.DEFINE_enum("checkpoint", "best", ["best", "latest"],
                     "the best epoch by validation, or the last one")
   app.run(main, flags_parser=cli_flags.parse)
+
+
+if __name__ == "__main__":
+  cli()

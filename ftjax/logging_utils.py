@@ -1,14 +1,37 @@
 """Per-epoch metrics to metrics.jsonl and TensorBoard; per-tensor trees (Auto-RGN's
-weights) to <name>.jsonl."""
+weights) to <name>.jsonl; how much the libraries log on the console."""
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import sys
 from typing import Any
 
+from absl import flags, logging
 import jax
 import numpy as np
+
+VERBOSITY_ENV = "FTJAX_VERBOSITY"  # debug, info, warning, error: library logging level
+
+
+def quiet_libraries() -> None:
+  """Orbax, TFDS and JAX log every checkpoint rename and dataset load at INFO (a
+  12-run sweep: two thousand lines); ftjax prints what a user needs. So library
+  logging is at ERROR and TFDS's progress bars are off, unless asked for:
+  FTJAX_VERBOSITY=info (any command) or absl's --verbosity / -v (the absl commands).
+  """
+  level = os.environ.get(VERBOSITY_ENV, "").strip().lower()
+  if level:
+    logging.set_verbosity(level)
+    return
+  if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
+    return
+  logging.set_verbosity(logging.ERROR)
+  tfds = sys.modules.get("tensorflow_datasets")
+  if tfds is not None:
+    tfds.disable_progress_bar()
 
 
 def _scalar(value: Any) -> Any:

@@ -18,6 +18,11 @@ import warnings
 import numpy as np
 
 METRICS = ("map", "accuracy", "auroc", "kappa", "f1")
+# The fewest test groups (patients, or images where a dataset has no patient ids)
+# for a bootstrap interval or a win/tie/loss call: with one patient every resample
+# is that patient and the interval collapses to a point. The report's default, and
+# the threshold of prepare's and inspect's warning.
+MIN_TEST_GROUPS = 10
 
 
 def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -3,10 +3,10 @@
   <workdir>/config.json     the full config of the run
   <workdir>/identity.json   every field that can change the result, and its hash
   <workdir>/metrics.jsonl   one line per epoch (rgn.jsonl: Auto-RGN's weights)
-  <workdir>/checkpoints/    latest and best (ftjax.checkpoints)
+  <workdir>/checkpoints/    latest and best (ftjax.engine.checkpoints)
   <workdir>/results.json    written once, when the run has finished
   <workdir>/predictions/    validation.npz and test.npz: the best epoch's per-example
-                            scores, labels, ids and patient ids (ftjax.evaluation),
+                            scores, labels, ids and patient ids (ftjax.engine.evaluation),
                             written just before results.json
   <workdir>/lock            flock held by the process training the run
 
@@ -376,3 +376,59 @@ def run_identity(config: Any, builder: Any) -> dict[str, Any]:
       json.loads(config.to_json_best_effort()),
       data_fingerprint=file_fingerprint(pathlib.Path(builder.data_path) / "dataset_info.json"),
       weights_fingerprint=weights)
+
+
+# --- A run directory's status, as a sweep sees it ------------------------------
+
+ERROR_NAME = "error.txt"
+DIVERGED_NAME = "diverged.json"
+ATTEMPTS_NAME = "attempts.json"  # failed attempts so far, to bound retries
+RESULTS_NAME = "results.json"
+RUN_CONFIG_NAME = "run_config.json"  # the run's full config, for subprocess runs
+
+
+def is_done(run_dir: pathlib.Path, identity: dict[str, Any] | None) -> bool:
+  """results.json of a run with exactly this identity. Without an identity (it
+  cannot be computed yet) nothing counts as done: the run is attempted, and
+  train either finds it finished or says what is missing."""
+  return identity is not None and RunDir(run_dir).is_finished(identity)
+
+
+def failed_attempts(run_dir: pathlib.Path) -> int:
+  """Failed attempts recorded for the run (0 if none or unreadable)."""
+  try:
+    return int(json.loads((run_dir / ATTEMPTS_NAME).read_text())["failed"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return 0
+
+
+def diverged_error(run_dir: pathlib.Path) -> str:
+  """The error line recorded in <run>/diverged.json."""
+  try:
+    return str(json.loads((run_dir / DIVERGED_NAME).read_text())["error"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return "training diverged"
+
+
+def status(run_dir: pathlib.Path, identity: dict[str, Any] | None = None) -> str:
+  """done | other (holds a run of another identity) | unverified (finished, but this
+  run's identity cannot be computed: data or weights missing) | running (locked by
+  a process) | diverged | failed | partial | pending."""
+  if is_done(run_dir, identity):
+    return "done"
+  if identity is None and (run_dir / RESULTS_NAME).exists():
+    return "unverified"
+  if identity is not None and RunDir(run_dir).mismatch(identity):
+    return "other"
+  if (run_dir / RunDir.LOCK).exists():
+    lock = RunLock(run_dir)
+    if not lock.acquire():
+      return "running"
+    lock.release()
+  if (run_dir / DIVERGED_NAME).exists():
+    return "diverged"
+  if (run_dir / ERROR_NAME).exists():
+    return "failed"
+  if (run_dir / "config.json").exists():
+    return "partial"
+  return "pending"

@@ -71,5 +71,10 @@ def main(argv: list[str] | None = None) -> None:
         f"including compilation.")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`."""
   main()
+
+
+if __name__ == "__main__":
+  cli()

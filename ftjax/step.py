@@ -1,4 +1,5 @@
-"""The jit-compiled train step, the Auto-RGN probe and the eval step.
+"""The jit-compiled train step, its gradient (which epoch-start hooks such as
+Auto-RGN's probe reuse) and the eval step.
 
 The train step differentiates only the trainable modules of the current
 phase: params are split by top-level name, and `jax.value_and_grad` sees only
@@ -30,7 +31,7 @@ import optax
 
 from ftjax.data import preprocess
 from ftjax.models import layers
-from ftjax.strategies import auto_rgn, partition
+from ftjax.strategies import partition
 from ftjax.strategies.base import Strategy
 
 Batch = dict[str, jax.Array]
@@ -63,13 +64,6 @@ def create_train_state(strategy: Strategy | optax.GradientTransformation,
   batch_stats = jax.tree_util.tree_map(copy, dict(variables.get("batch_stats", {})))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=_transform(strategy).init(params))
-
-
-def reset_opt_state(state: TrainState, strategy: Strategy | optax.GradientTransformation,
-                    rgn_weights: Any = None) -> TrainState:
-  """The optimizer re-created at the current params, the learning rate kept
-  (Auto-RGN's epoch start). Note: SP's w0 would move to the current params too."""
-  return auto_rgn.start_epoch(state, _transform(strategy), rgn_weights)
 
 
 # ---------------------------------------------------------------- losses
@@ -186,6 +180,14 @@ def make_grad_fn(model: nn.Module, trainable: Iterable[str], *, loss: str = "sof
 # ---------------------------------------------------------------- train step
 
 
+def grad_fn_factory(model: nn.Module, *, loss: str = "softmax", bn_mode: str = "train",
+                    compute_dtype: Any = None) -> Callable[[Iterable[str]], Callable]:
+  """`(trainable names) -> make_grad_fn(...)` with the run's loss, BatchNorm mode and
+  dtype fixed: what an epoch-start hook (Auto-RGN's probe) is given to differentiate."""
+  return functools.partial(make_grad_fn, model, loss=loss, bn_mode=bn_mode,
+                           compute_dtype=compute_dtype)
+
+
 def make_step_fn(model: nn.Module, strategy: Strategy | optax.GradientTransformation,
                  trainable: Iterable[str], *, loss: str = "softmax",
                  bn_mode: str | None = None, compute_dtype: Any = None):
@@ -250,37 +252,6 @@ def make_train_step(model: nn.Module, strategy: Strategy | optax.GradientTransfo
   return jax.jit(step, donate_argnums=(0,), compiler_options=compiler_options,
                  in_shardings=(replicated, batch, replicated),
                  out_shardings=(replicated, replicated))
-
-
-# ---------------------------------------------------------------- Auto-RGN probe
-
-
-def _rgn_bn(strategy: Strategy | None, rgn_bn: str | None) -> str:
-  options = strategy.options if strategy is not None else None
-  return rgn_bn or getattr(options, "rgn_bn", "exclude")
-
-
-def rgn_probe_fn(model: nn.Module, strategy: Strategy | None = None, *,
-                 loss: str = "softmax", rgn_bn: str | None = None,
-                 bn_mode: str = "train", compute_dtype: Any = None):
-  """`auto_rgn.probe_fn`, rgn_bn defaulting to the strategy's option."""
-  return auto_rgn.probe_fn(model, loss=loss, rgn_bn=_rgn_bn(strategy, rgn_bn),
-                           bn_mode=bn_mode, compute_dtype=compute_dtype)
-
-
-def make_rgn_probe(model: nn.Module, strategy: Strategy | None = None, *,
-                   loss: str = "softmax", rgn_bn: str | None = None,
-                   bn_mode: str = "train", compute_dtype: Any = None,
-                   compiler_options: dict[str, Any] | None = None):
-  """`auto_rgn.make_probe`, rgn_bn defaulting to the strategy's option."""
-  return auto_rgn.make_probe(model, loss=loss, rgn_bn=_rgn_bn(strategy, rgn_bn),
-                             bn_mode=bn_mode, compute_dtype=compute_dtype,
-                             compiler_options=compiler_options)
-
-
-def start_rgn_epoch(state: TrainState, strategy: Strategy, weights: Any) -> TrainState:
-  """Auto-RGN epoch start: Adam re-created (moments reset) with the new weights."""
-  return reset_opt_state(state, strategy, weights)
 
 
 # ---------------------------------------------------------------- eval

@@ -1,7 +1,7 @@
 """python -m ftjax.train --config configs/isic_lp.py --workdir runs/isic_lp
 
 Trains one (dataset, architecture, strategy, learning rate, seed) run with the
-paper's protocol (`ftjax.training.train_and_evaluate`). Rerunning the same
+paper's protocol (`ftjax.engine.training.train_and_evaluate`). Rerunning the same
 command resumes after the last finished epoch; a finished run says so and exits.
 
 Writes into the workdir: config.json, identity.json, metrics.jsonl (one line
@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 from ftjax import cli_flags
 from ftjax import run as run_lib
-from ftjax.training import train_and_evaluate
+from ftjax.engine.training import train_and_evaluate
 
 
 def default_workdir(config: ml_collections.ConfigDict) -> str:
@@ -38,9 +38,9 @@ def main(argv) -> None:
   cli_flags.run_cli(argv, "configs/isic_lp.py", run)
 
 
-if __name__ == "__main__":
-  # Flags are defined only for the command line, so that importing this module
-  # defines none.
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`. Flags are
+  defined here only, so that importing this module defines none."""
   config_flags.DEFINE_config_file("config", None, "ml_collections config file; override "
                                   "fields with --config.FIELD=VALUE.")
   flags.DEFINE_string("workdir", None, "run directory (default: runs/<dataset>/<arch>/"
@@ -48,3 +48,7 @@ if __name__ == "__main__":
   flags.DEFINE_boolean("overwrite", False, "if the workdir holds a run of another identity, "
                        "move it aside to <workdir>.old-<n> (never deleted) and start anew")
   app.run(main, flags_parser=cli_flags.parse)
+
+
+if __name__ == "__main__":
+  cli()

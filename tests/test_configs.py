@@ -11,7 +11,8 @@ import pytest
 
 from configs import base, sweep_paper
 from ftjax import run as run_lib
-from ftjax import sweep, training
+from ftjax import sweep
+from ftjax.engine import training
 from ftjax.data.prepared import dataset_options, prepared_builder
 from ftjax.data import DataError
 from ftjax.models import registry
@@ -89,7 +90,6 @@ def test_not_prepared_hint_names_what_is_prepared(tmp_path):
     ("batch_size", 0, "a positive integer"),
     ("num_epochs", 0, "a positive integer"),
     ("prefetch", -1, "an integer >= 0"),
-    ("resize", 100, r"0 \(the architecture's\) or at least config.crop \(224\)"),
     ("compute_dtype", "bf16", "'float32' or 'bfloat16'"),
     ("init", "imagenet", "'pretrained' or 'random'"),
 ])

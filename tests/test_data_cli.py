@@ -36,7 +36,7 @@ def test_prepare_synthetic_without_manual_dir(tmp_path, capsys):
              "--option", "num_train=20", "--option", "num_test=5", "--option",
              "image_size=34", "--workers", "1"])
   assert rc == 0
-  assert "test: 5 examples" in capsys.readouterr().out
+  assert "test: 5 images, no patient ids" in capsys.readouterr().out
 
 
 def test_unknown_dataset_is_an_error(tmp_path):

@@ -88,7 +88,7 @@ def test_non_finite_pixel_in_npz_is_a_bad_image(tmp_path, capsys, value):
   assert "--skip_bad" in line
   code, _, out = _prepare(capsys, "medmnist_pathmnist", tmp_path / "m", tmp_path / "d",
                           "--skip_bad")
-  assert code == 0 and "validation: 2 examples" in out
+  assert code == 0 and "validation: 2 images" in out
   assert _builder("medmnist_pathmnist", tmp_path / "d").info.metadata["skipped_bad"] == {
       "train": 0, "validation": 1, "test": 0}
 

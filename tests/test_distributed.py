@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import distributed, training
+from ftjax import distributed
+from ftjax.engine import training
 from tests.test_train import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,7 +24,7 @@ LR = 1e-5
 _SCRIPT = """
 import json, sys
 import jax, numpy as np
-from ftjax import checkpoints, training
+from ftjax.engine import checkpoints, training
 from ftjax.models import registry
 from tests.test_train import tiny_config
 
@@ -190,7 +191,7 @@ def test_batch_not_divisible_by_devices_names_the_field():
 
 
 def test_train_refuses_indivisible_batch_on_four_devices(tmp_path):
-  script = ("import sys; from tests.test_train import tiny_config; from ftjax import training\n"
+  script = ("import sys; from tests.test_train import tiny_config; from ftjax.engine import training\n"
             "training.train_and_evaluate(tiny_config(sys.argv[1], 'ft', batch_size=18), "
             "sys.argv[2])\n")
   env = {**os.environ, "JAX_PLATFORMS": "cpu",

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import checkpoints, experiment, loop, training
+from ftjax.engine import checkpoints, experiment, loop, training
 from ftjax.data.prepared import prepared_builder
 from ftjax.models import registry
 from tests.test_train import best_checkpoint, tiny_config

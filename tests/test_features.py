@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import demo
-from ftjax import evaluation, features, step
+from ftjax import step
+from ftjax.engine import evaluation, features
 from ftjax.data.prepared import prepared_builder
 from ftjax.data import pipeline
 from ftjax.models import layers, registry, vgg

@@ -1,4 +1,4 @@
-"""ftjax.launch (a sweep as a submitit job array, preemption and requeue) and
+"""ftjax.sweep.slurm (a sweep as a submitit job array, preemption and requeue) and
 ftjax.compile_cache, on the tiny synthetic sweep of tests/test_sweep_report.py."""
 
 import json
@@ -12,7 +12,9 @@ import time
 import jax
 import pytest
 
-from ftjax import compile_cache, launch, report, sweep
+from ftjax import compile_cache, report, sweep
+from ftjax.sweep import local as sweep_local
+from ftjax.sweep import slurm as launch
 from ftjax import run as run_lib
 from tests.test_sweep_report import _overrides, tiny_sweep_config, write_result
 
@@ -114,11 +116,11 @@ def test_plan_submits_only_what_is_missing(data_dir, tmp_path):
   running.directory(workdir).mkdir(parents=True)
   assert lock.acquire()
   diverged.directory(workdir).mkdir(parents=True)
-  (diverged.directory(workdir) / sweep.DIVERGED_NAME).write_text('{"error": "nan"}')
+  (diverged.directory(workdir) / run_lib.DIVERGED_NAME).write_text('{"error": "nan"}')
   for spec, attempts in ((gave_up, sweep.MAX_ATTEMPTS), (failed_once, 1)):
     spec.directory(workdir).mkdir(parents=True)
-    (spec.directory(workdir) / sweep.ERROR_NAME).write_text("boom")
-    (spec.directory(workdir) / sweep.ATTEMPTS_NAME).write_text(json.dumps({"failed": attempts}))
+    (spec.directory(workdir) / run_lib.ERROR_NAME).write_text("boom")
+    (spec.directory(workdir) / run_lib.ATTEMPTS_NAME).write_text(json.dumps({"failed": attempts}))
   # A live job (this process) still holds `queued`; `ended`'s job is gone.
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
@@ -212,7 +214,7 @@ def test_subprocess_runs_get_the_cache_and_a_share_of_the_gpu(tmp_path, monkeypa
   config.runs_per_gpu = 4
   cache = compile_cache.directory(config, tmp_path / "runs")
   assert cache == (tmp_path / "runs" / ".jax_cache").absolute()
-  runner = sweep._default_runner(True, cache, config.runs_per_gpu)  # pylint: disable=protected-access
+  runner = sweep_local._default_runner(True, cache, config.runs_per_gpu)  # pylint: disable=protected-access
   # In place of ftjax.train: a child that records the environment it was given.
   dump = ("import json, os, sys; d = sys.argv[sys.argv.index('--workdir') + 1]; "
           "json.dump(dict(os.environ), open(os.path.join(d, 'env.json'), 'w'))")

@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from ftjax import multirun, training
+from ftjax.engine import group as multirun
+from ftjax.engine import training
 from ftjax import run as run_lib
 from tests.test_train import best_checkpoint, tiny_config
 

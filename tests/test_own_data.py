@@ -90,10 +90,11 @@ def test_folder_pooled_grouped_by_patient(tmp_path, capsys):
 
 def test_folder_pre_split_stores_pixels_and_carves_validation(tmp_path, capsys):
   m = tmp_path / "m"
+  seeds = iter(range(100))  # no two images alike
   for split, n in (("train", 10), ("test", 3)):
     for label in ("no", "yes"):
       for i in range(n):
-        write_image(m / split / label / f"{i}.png", size=(32, 40), seed=hash((split, label, i)) % 999)
+        write_image(m / split / label / f"{i}.png", size=(32, 40), seed=next(seeds))
   gray16 = np.random.default_rng(0).integers(0, 65536, (36, 32)).astype(np.uint16)
   Image.fromarray(gray16).save(m / "train" / "yes" / "gray16.png")  # 16-bit grayscale
   (m / "README.txt").write_text("notes")
@@ -137,8 +138,10 @@ def test_csv_multiclass_integer_labels_patients_and_split_column(tmp_path, capsy
     rows.append([path, str([0, 2, 10][k % 3]), f"pt{k // 2}", split])
     truth[path] = [0, 2, 10][k % 3]
   write_csv(m / "labels.csv", ["Image", "Target", "patient_id", "split"], rows)
+  # integers with gaps are names only when declared (else classes 1, 3.. would be empty)
   _, out, _ = prepare(capsys, "--dataset", "csv", "--name", "tab", "--manual_dir", m,
-                      "--option", "val_fraction=0.25", data_dir=tmp_path / "d")
+                      "--option", "val_fraction=0.25", "--option", "classes=0,2,10",
+                      data_dir=tmp_path / "d")
   builder = builder_of("tab", tmp_path / "d")
   names = builder.info.features["label"].names
   assert names == ["0", "2", "10"]  # integers in numeric order
@@ -167,8 +170,9 @@ def test_csv_multilabel(tmp_path, capsys, layout):
       rows.append([f"{k}.png", "|".join(present)])
   header = ["file"] + list(findings) if layout == "columns" else ["file", "findings"]
   write_csv(m / "t.csv", header, rows)
+  declared = ["--option", "multilabel=true"] if layout == "delimited" else []
   _, out, _ = prepare(capsys, "--dataset", "csv", "--name", "chest", "--manual_dir", m,
-                      data_dir=tmp_path / "d")
+                      *declared, data_dir=tmp_path / "d")
   assert "multi-label" in out
   info = get_dataset("chest", tmp_path / "d")
   assert info.multilabel and info.main_metrics == ("map", "auroc")
@@ -297,9 +301,9 @@ def test_compressed_dicom_without_handler_names_the_extra(tmp_path, capsys):
 
 
 def two_class_folder(root: Path, n=10) -> Path:
-  for label in ("a", "b"):
+  for k, label in enumerate(("a", "b")):
     for i in range(n):
-      write_image(root / label / f"{i}.png", seed=i)
+      write_image(root / label / f"{i}.png", seed=100 * k + i)  # no two images alike
   return root
 
 

@@ -62,7 +62,9 @@ def test_folder_to_report_through_the_command_lines(tmp_path):
   config = REPO / "configs" / "base.py"
   for strategy in ("ft", "lp_ft"):
     out = cli("-m", "ftjax.train", f"--config={config}:chest_xr,{strategy},resnet18",
-              "--config.data_dir=data", *TINY, f"--workdir=runs/{strategy}", cwd=tmp_path)
+              "--config.data_dir=data", *TINY, f"--workdir=runs/{strategy}",
+              # LP-FT needs an epoch past its head-only one
+              *(["--config.num_epochs=2"] if strategy == "lp_ft" else []), cwd=tmp_path)
     results = json.loads((tmp_path / "runs" / strategy / "results.json").read_text())
     assert results["dataset"] == "chest_xr" and results["strategy"] == strategy
     assert results["main_metrics"] == ["auroc", "accuracy"]  # two classes
@@ -70,7 +72,7 @@ def test_folder_to_report_through_the_command_lines(tmp_path):
     assert results["test"]["count"] == 10  # 2 of 8 patients, 5 images each
 
   sweep_config = REPO / "configs" / "sweep_own.py"
-  cli("-m", "ftjax.sweep", f"--config={sweep_config}:chest_xr,resnet18",
+  cli("-m", "ftjax.sweep", f"--config={sweep_config}:chest_xr/resnet18",
       "--config.base.data_dir=data", *[f.replace("--config.", "--config.base.") for f in TINY],
       "--strategies=ft,lp", "--lrs=1e-3", "--seeds=0", "--workdir=sweep", cwd=tmp_path)
   done = sorted(p.parent.relative_to(tmp_path / "sweep").as_posix()

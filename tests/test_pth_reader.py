@@ -543,9 +543,9 @@ def test_a_file_cannot_change_how_later_files_load(tmp_path: Path, fmt: str) -> 
 
 def test_unpickler_alone_hands_each_file_fresh_rebuild_functions(tmp_path: Path) -> None:
   """Even without the opcode scan, the objects a file can reach are its own."""
-  from weights_port import pth as pth_module  # pylint: disable=import-outside-toplevel
+  from weights_port import pickle_guard  # pylint: disable=import-outside-toplevel
   for payload in MUTATIONS.values():
-    unpickler = pth_module._RestrictedUnpickler(  # pylint: disable=protected-access
+    unpickler = pickle_guard._RestrictedUnpickler(  # pylint: disable=protected-access
         io.BytesIO(payload), "crafted.pth", legacy=False, roots={})
     try:
       unpickler.load()
@@ -558,18 +558,18 @@ def test_unpickler_alone_hands_each_file_fresh_rebuild_functions(tmp_path: Path)
 def test_real_pickles_are_far_inside_the_pickle_bounds(tmp_path: Path, arch: str,
                                                        monkeypatch) -> None:
   # densenet201 has the most tensors (1207) of the architectures ftjax converts.
-  from weights_port import pth as pth_module  # pylint: disable=import-outside-toplevel
+  from weights_port import pickle_guard  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
   path = _save(getattr(torchvision.models, arch)().state_dict(), tmp_path / f"{arch}.pth", "zip")
   with zipfile.ZipFile(path) as archive:
     pickled = archive.read(f"{arch}/data.pkl")
   opcodes = sum(1 for _ in pickletools.genops(pickled))
-  assert len(pickled) < pth_module._MAX_PICKLE_BYTES // 64  # pylint: disable=protected-access
-  assert opcodes < pth_module._MAX_PICKLE_OPS // 16  # pylint: disable=protected-access
+  assert len(pickled) < pickle_guard.MAX_PICKLE_BYTES // 64  # pylint: disable=protected-access
+  assert opcodes < pickle_guard._MAX_PICKLE_OPS // 16  # pylint: disable=protected-access
   # Its containers nest exactly 5 deep, as documented: loads at 5, refused at 4.
-  monkeypatch.setattr(pth_module, "_MAX_PICKLE_DEPTH", 5)
+  monkeypatch.setattr(pickle_guard, "_MAX_PICKLE_DEPTH", 5)
   _assert_matches_torch(path)
-  monkeypatch.setattr(pth_module, "_MAX_PICKLE_DEPTH", 4)
+  monkeypatch.setattr(pickle_guard, "_MAX_PICKLE_DEPTH", 4)
   with pytest.raises(UnsafePickleError, match="nests containers more than 4 deep"):
     read_state_dict(path)
 
@@ -588,9 +588,9 @@ PICKLE_BOUNDS = {
 
 @pytest.mark.parametrize("case", PICKLE_BOUNDS)
 def test_pickles_outside_the_bounds_are_refused(tmp_path: Path, case: str, monkeypatch) -> None:
-  from weights_port import pth as pth_module  # pylint: disable=import-outside-toplevel
+  from weights_port import pickle_guard  # pylint: disable=import-outside-toplevel
   # The real bound (2**20 opcodes) takes seconds to reach; the count is the same code.
-  monkeypatch.setattr(pth_module, "_MAX_PICKLE_OPS", 1000)
+  monkeypatch.setattr(pickle_guard, "_MAX_PICKLE_OPS", 1000)
   payload, expected = PICKLE_BOUNDS[case]
   path = _zip_with_pickle(tmp_path, payload, f"{case}.pth")
   with pytest.raises(PthError, match=expected) as err:

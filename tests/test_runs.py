@@ -15,7 +15,8 @@ import sys
 import jax
 import pytest
 
-from ftjax import checkpoints, report, run as run_lib, sweep, training
+from ftjax import report, run as run_lib, sweep
+from ftjax.engine import checkpoints, training
 from ftjax.data.prepared import prepared_builder
 from ftjax.models import registry
 from tests.test_sweep_report import tiny_sweep_config
@@ -269,7 +270,7 @@ def test_checksums_follow_the_kept_checkpoints(finished):
 # checkpoint after it is saved, or the workdir vanishes while it trains.
 _FAULTY_TRAIN = """
 import errno, os, pathlib, runpy, shutil, sys
-from ftjax import checkpoints, experiment
+from ftjax.engine import checkpoints, experiment
 fault, epoch, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[4].partition("=")[2]
 real_save, real_loader = checkpoints.RunCheckpoints.save_latest, experiment.epoch_loader
 

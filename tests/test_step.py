@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from ftjax import step as step_lib
+from ftjax.strategies import auto_rgn
 from ftjax.models import get_arch, variable_shapes
 from ftjax.strategies import get_strategy, set_rgn_weights
 from weights_port import mapping
@@ -474,7 +475,7 @@ def test_auto_rgn_matches_torch_across_an_epoch():
   s = torch_setup("resnet18")
   strategy = get_strategy("auto_rgn", "resnet18", {"lr": TORCH_LR, "rgn_batches": 2})
   train_step = step_lib.make_train_step(s.model, strategy, ALL_RESNET)
-  probe = step_lib.make_rgn_probe(s.model)
+  probe = auto_rgn.make_probe(step_lib.grad_fn_factory(s.model))
   b = s.batches
   # (probe batches, train batches) per epoch: 3 steps, the third after the
   # epoch-1 probe and Adam's re-creation.
@@ -484,7 +485,7 @@ def test_auto_rgn_matches_torch_across_an_epoch():
   for probe_batches, train_batches in epochs:
     weights = probe(state, jax.tree_util.tree_map(lambda *x: jnp.stack(x), *probe_batches))
     jax_weights.append(jax.device_get(weights))
-    state = step_lib.start_rgn_epoch(state, strategy, weights)
+    state = auto_rgn.start_epoch(state, strategy.transform, weights)
     for i, batch in enumerate(train_batches):
       state, _ = train_step(state, batch, jax.random.key(i))
   state = jax.device_get(state)

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from ftjax import step as step_lib
+from ftjax.strategies import auto_rgn
 from ftjax.models import get_arch, init_variables, variable_shapes
 from ftjax.strategies import (bn_mask, gated_adam, get_strategy, kernel_mask, labels,
                               rgn_weights, schedules, sp_regularizer, split)
@@ -300,7 +301,7 @@ def test_rgn_probe_matches_numpy(rgn_setup):
   model, variables, images, labels_, grad_list = rgn_setup
   strategy = get_strategy("auto_rgn", "resnet18", {"rgn_batches": 3})
   state = step_lib.create_train_state(strategy, variables)
-  probe = step_lib.make_rgn_probe(model)
+  probe = auto_rgn.make_probe(step_lib.grad_fn_factory(model))
   weights = probe(state, {"image": jnp.asarray(images), "label": jnp.asarray(labels_)})
   expected = _np_rgn(grad_list, variables["params"], _is_bn_path)
   for path, value in jax.tree_util.tree_leaves_with_path(jax.device_get(weights)):

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ftjax import checkpoints, multirun, step, training
+from ftjax import step
+from ftjax.engine import group as multirun
+from ftjax.engine import checkpoints, training
 from ftjax import run as run_lib
 from ftjax.models import registry
 from ftjax.strategies import get_strategy

@@ -20,7 +20,8 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.neighbors import KNeighborsClassifier
 
-from ftjax import evaluate, evaluation, fit, multirun, training
+from ftjax import evaluate, multirun
+from ftjax.engine import evaluation, fit, training
 from ftjax.strategies import knn, registry
 from tests.test_train import tiny_config
 

@@ -12,7 +12,8 @@ import optax
 import pytest
 import torch
 
-from ftjax import multirun, training
+from ftjax.engine import group as multirun
+from ftjax.engine import training
 from ftjax import run as run_lib
 from ftjax.models import get_arch, init_variables, variable_shapes
 from ftjax.strategies import get_strategy

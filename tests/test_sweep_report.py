@@ -18,7 +18,9 @@ import sklearn.metrics
 
 from configs import sweep_demo, sweep_paper
 from ftjax import run as run_lib
-from ftjax import evaluation, paper_results, report, sweep
+from ftjax import paper_results, report, sweep
+from ftjax.sweep import local as sweep_local
+from ftjax.engine import evaluation
 from ftjax.report import compare, tables
 from ftjax.strategies import get_strategy
 
@@ -439,12 +441,12 @@ def test_subprocess_runs_get_the_same_config_and_one_device_each(tmp_path, monke
   loaded = sweep.get_config(str(path))  # what `python -m ftjax.train --config` receives
   assert json.loads(loaded.to_json_best_effort()) == json.loads(run.to_json_best_effort())
   monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-  assert sweep._device_ids(1) == [None]  # pylint: disable=protected-access
-  assert sweep._device_ids(3) == ["0", "1", "2"]  # pylint: disable=protected-access
+  assert sweep_local._device_ids(1) == [None]  # pylint: disable=protected-access
+  assert sweep_local._device_ids(3) == ["0", "1", "2"]  # pylint: disable=protected-access
   monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
-  assert sweep._device_ids(2) == ["4", "6"]  # pylint: disable=protected-access
+  assert sweep_local._device_ids(2) == ["4", "6"]  # pylint: disable=protected-access
   with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
-    sweep._device_ids(3)  # pylint: disable=protected-access
+    sweep_local._device_ids(3)  # pylint: disable=protected-access
 
 
 # --- Diverged runs and bounded retries ---------------------------------------------------
@@ -578,7 +580,7 @@ def test_other_failures_are_retried_a_bounded_number_of_times(tmp_path):
 
 
 def test_in_process_divergence_is_recognised(tmp_path, monkeypatch):
-  from ftjax import loop, training  # pylint: disable=import-outside-toplevel
+  from ftjax.engine import loop, training  # pylint: disable=import-outside-toplevel
 
   def diverge(config, workdir, **kwargs):
     raise loop.TrainingDivergedError("training loss is inf at epoch 1/1, step 1")

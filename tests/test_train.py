@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import base, demo
-from ftjax import checkpoints, evaluate, step, training
+from ftjax import evaluate, step
+from ftjax.engine import checkpoints, training
 from ftjax.data import DataError
 from ftjax.models import registry
 from ftjax.strategies import STRATEGIES, uses_lr
@@ -46,6 +47,7 @@ def tiny_config(data_dir, strategy, **overrides):
   config.num_epochs = 2
   config.progress = False
   config.strategy_options.lp_epochs = 1
+  config.strategy_options.phases = "head:1; all"  # past the head within num_epochs
   config.strategy_options.rgn_batches = 2
   for key, value in overrides.items():
     config[key] = value

@@ -116,5 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  cli()

@@ -23,7 +23,19 @@ from typing import Sequence
 
 from pathlib import Path
 
+from ftjax import logging_utils, metrics
 from ftjax.data import DataError, generic_builders, get_dataset, list_datasets, user
+
+DEFAULT_DATA_DIR = "data"  # configs/base.py's config.data_dir
+_HELP = {
+    None: "Prepare a dataset once (decode, resize and split its images into TFDS files "
+          "under --data_dir), then inspect it.",
+    "prepare": "read the dataset from --manual_dir (or your own images with --dataset "
+               "folder/csv/npz and --name), resize and split it, and write it under "
+               "--data_dir; prints the images and patients per split",
+    "inspect": "print a prepared dataset's split sizes, patients and class counts (JSON) "
+               "and, with --out, save a contact sheet of its images",
+}
 
 
 def _options(pairs: Sequence[str]) -> dict:
@@ -55,6 +67,10 @@ def _user_builder(args, **kwargs):
   if args.command != "prepare":
     raise DataError(f"inspect a prepared dataset by its name: --dataset <the --name it was "
                     f"prepared with>, not --dataset {args.dataset}.")
+  if not args.name:
+    raise DataError(f"--dataset {args.dataset} needs --name: the name your dataset is "
+                    f"stored under in --data_dir and trained with (--config.dataset=NAME), "
+                    f"e.g. --name knee_xr.")
   name = user.check_name(args.name, list_datasets() + generic_builders())
   if not args.manual_dir:
     raise DataError(f"--dataset {args.dataset} needs --manual_dir, the folder that holds "
@@ -87,8 +103,9 @@ def prepare(args) -> int:
   builder.download_and_prepare(download_config=config)
   meta = dict(builder.info.metadata)
   print(f"{info.name} ({builder.builder_config.name}) at {builder.data_path}")
-  for split, split_info in builder.info.splits.items():
-    print(f"  {split}: {split_info.num_examples} examples")
+  _print_groups(meta, {split: split_info.num_examples
+                       for split, split_info in builder.info.splits.items()},
+                args.min_test_groups)
   print(f"  skipped bad images: {meta.get('skipped_bad')}")
   if "user_dataset" in meta:
     layout = meta["user_dataset"]["layout"]
@@ -100,6 +117,15 @@ def prepare(args) -> int:
   for key, value in meta.get("notes", {}).items():
     print(f"  {key}: {value}")
   return 0
+
+
+def _print_groups(meta: dict, examples: dict[str, int], minimum: int) -> None:
+  from ftjax.data import inspection  # pylint: disable=import-outside-toplevel
+  lines, warnings = inspection.group_lines(meta, examples, minimum)
+  for line in lines:
+    print(f"  {line}")
+  for warning in warnings:
+    print(warning, file=sys.stderr)
 
 
 _SHOWN_IGNORED = 20  # the rest are in the metadata
@@ -125,9 +151,15 @@ def inspect(args) -> int:
     raise DataError(f"{builder.data_path}: not prepared; run `python -m ftjax.data prepare "
                     f"--dataset {args.dataset} ...` first.")
   stats = inspection.summary(builder)
+  meta = dict(builder.info.metadata)
+  examples = {split: s["count"] for split, s in stats.items()}
+  for split, (count, unit) in inspection.groups_per_split(meta, examples).items():
+    stats[split]["patients"] = count if unit == "patients" else None
   print(json.dumps({"dataset": info.name, "config": builder.builder_config.name,
                     "splits": stats,
-                    "skipped_bad": builder.info.metadata.get("skipped_bad")}, indent=2))
+                    "skipped_bad": meta.get("skipped_bad")}, indent=2))
+  for warning in inspection.group_lines(meta, examples, args.min_test_groups)[1]:
+    print(warning, file=sys.stderr)
   if args.out:
     path = inspection.contact_sheet(builder, args.out, split=args.split)
     print(f"contact sheet: {path}")
@@ -135,17 +167,23 @@ def inspect(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m ftjax.data")
-  sub = parser.add_subparsers(dest="command", required=True)
+  parser = argparse.ArgumentParser(prog="python -m ftjax.data", description=_HELP[None])
+  sub = parser.add_subparsers(dest="command", required=True, metavar="{prepare,inspect}")
   for name in ("prepare", "inspect"):
-    p = sub.add_parser(name)
+    p = sub.add_parser(name, help=_HELP[name], description=_HELP[name])
     p.add_argument("--dataset", required=True,
                    help=f"one of: {', '.join(list_datasets())}; your own data: "
                         f"{', '.join(generic_builders())} with --name (then the name)")
-    p.add_argument("--data_dir", required=True, help="where prepared datasets live")
+    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
+                   help="where prepared datasets live (default: %(default)s, as "
+                        "config.data_dir)")
+    p.add_argument("--min_test_groups", type=int, default=metrics.MIN_TEST_GROUPS,
+                   help="warn when a split has fewer patients (images without patient "
+                        "ids) than this; the report's default (%(default)s)")
     p.add_argument("--resize", type=int, default=232, help="shorter side (232 or 256)")
     p.add_argument("--option", action="append", default=[],
-                   help="extra config option key=value (unit=image, val_fraction=0.1, ...)")
+                   help="extra config option key=value (unit=image, val_fraction=0.1, "
+                        "multilabel=true, allow_one_class_split=true, ...)")
     if name == "prepare":
       p.add_argument("--name", help="the name your own dataset is stored and trained under "
                      "(with --dataset folder / csv / npz), e.g. knee_xr")
@@ -157,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       p.add_argument("--out", help="contact sheet PNG path")
       p.add_argument("--split", default="train")
   args = parser.parse_args(argv)
+  logging_utils.quiet_libraries()  # TFDS warns about every custom config it builds
   try:
     return prepare(args) if args.command == "prepare" else inspect(args)
   except (DataError, ValueError, OSError) as exc:  # OSError: unreadable files, full disk
@@ -164,5 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  cli()

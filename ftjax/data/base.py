@@ -70,7 +70,7 @@ class ImageConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)  # slots: a dataset lists hundreds of thousands
 class Example:
   """One image to prepare: where it comes from and its other features."""
 
@@ -154,40 +154,82 @@ def read_csv(path: Path, required: Sequence[str], where: str = "", *, delimiter:
   not a complete CSV with the required columns: empty, not UTF-8, a missing
   column, a row with too few or too many fields, broken quoting. ``fix`` replaces
   the default advice (use the dataset's original file)."""
+  columns, records = read_csv_records(path, required, where, delimiter=delimiter, fix=fix)
+  return [dict(zip(columns, fields)) for _, fields in records]
+
+
+def read_csv_records(path: Path, required: Sequence[str], where: str = "", *,
+                     delimiter: str = ",", fix: str = "") -> tuple[list[str], Iterator]:
+  """(header, an iterator of (row number, stripped fields)): ``read_csv`` without a
+  dict per row, streamed from the file as it is consumed (checked as ``read_csv`` is;
+  the file is never held whole)."""
   import csv
-  import io
   require_file(path, "CSV file", where)
   fix = fix or f"Use the dataset's original CSV file (re-download or re-extract it). {where}".strip()
-  data = path.read_bytes()
-  if not data.strip():
-    raise DataError(f"{path}: file is empty{' (0 bytes)' if not data else ''}. {fix}")
-  try:
-    text = data.decode("utf-8-sig")
-  except UnicodeDecodeError as exc:
-    line = data[:exc.start].count(b"\n") + 1
-    raise DataError(f"{path} row {line}: not UTF-8 text (byte {data[exc.start]:#04x} at "
-                    f"offset {exc.start}). {fix}") from None
-  reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
-  rows = []
+  _check_utf8_text(path, fix)
+  text = open(path, encoding="utf-8-sig", newline="")  # closed by _csv_rows
+  reader = csv.reader(text, strict=True, delimiter=delimiter)
   try:
     columns = [c.strip() for c in next(reader)]
     validate.check_columns(path, columns, f"{fix} {NOT_SKIPPED}")
     missing = [c for c in required if c not in columns]
     if missing:
       raise DataError(f"{path}: missing column(s) {missing} (found {columns}). {fix}")
+  except csv.Error as exc:
+    text.close()
+    raise DataError(f"{path} row {reader.line_num}: not valid CSV ({exc}; an unclosed quote "
+                    f"or a truncated file). {fix}") from None
+  except DataError:
+    text.close()
+    raise
+  return columns, _csv_rows(path, text, reader, len(columns), fix)
+
+
+def _check_utf8_text(path: Path, fix: str, chunk_bytes: int = 1 << 20) -> None:
+  """Not empty (nor only blank) and UTF-8 throughout, read a chunk at a time; a
+  DataError naming the row, byte and offset of the first byte that is not UTF-8."""
+  import codecs
+  decoder = codecs.getincrementaldecoder("utf-8")()
+  offset = newlines = 0
+  content = False
+  with open(path, "rb") as f:
+    while True:
+      chunk = f.read(chunk_bytes)
+      try:
+        decoder.decode(chunk, final=not chunk)
+      except UnicodeDecodeError as exc:
+        start = exc.start - (len(exc.object) - len(chunk))  # within chunk (< 0: pending)
+        line = newlines + chunk[:max(start, 0)].count(b"\n") + 1
+        raise DataError(f"{path} row {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                        f"at offset {offset + start}). {fix}") from None
+      if not chunk:
+        break
+      content = content or bool(chunk.strip())
+      offset, newlines = offset + len(chunk), newlines + chunk.count(b"\n")
+  if not content:
+    raise DataError(f"{path}: file is empty{' (0 bytes)' if not offset else ''}. {fix}")
+
+
+def _csv_rows(path: Path, text, reader, width: int,
+              fix: str) -> Iterator[tuple[int, list[str]]]:
+  import csv
+  count = 0
+  try:
     for fields in reader:
       if not fields:  # a blank line
         continue
-      if len(fields) != len(columns):
+      if len(fields) != width:
         raise DataError(f"{path} row {reader.line_num}: {len(fields)} fields where the header "
-                        f"has {len(columns)} (a truncated or damaged line). {fix} {NOT_SKIPPED}")
-      rows.append({k: v.strip() for k, v in zip(columns, fields)})
+                        f"has {width} (a truncated or damaged line). {fix} {NOT_SKIPPED}")
+      count += 1
+      yield reader.line_num, [v.strip() for v in fields]
   except csv.Error as exc:
     raise DataError(f"{path} row {reader.line_num}: not valid CSV ({exc}; an unclosed quote "
                     f"or a truncated file). {fix}") from None
-  if not rows:
+  finally:
+    text.close()
+  if not count:
     raise DataError(f"{path}: has a header but no rows (a truncated download?). {fix}")
-  return rows
 
 
 class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -334,6 +376,15 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self._remove_leftovers()
       prepare()
 
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded
+  # and prepared" even though nothing is downloaded here (the images come from
+  # manual_dir); prepare prints its own summary of what it wrote.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _config_dir(self) -> Path:
     return Path(os.fspath(self.data_path)).parent
 
@@ -365,18 +416,7 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     root = None
     if self.MANUAL_DOWNLOAD_INSTRUCTIONS:
       root = Path(os.fspath(dl_manager._manual_dir))  # pylint: disable=protected-access
-    self._notes: dict[str, Any] = {}
-    self._ignored: list[str] = []
-    splits = self._list_examples(root)
-    validate.check_examples(splits, root)
-    for split, examples in splits.items():
-      if not examples:
-        sizes = {s: len(e) for s, e in splits.items()}
-        raise DataError(f"{root or self.name}: split '{split}' of {self.name} "
-                        f"({self.builder_config.name}) is empty (examples per split: {sizes}). "
-                        "Raise the option that sizes it (val_fraction, test_fraction, num_test, "
-                        "...) or check that manual_dir holds the complete download. "
-                        f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS or ''}".rstrip())
+    splits = self.list_splits(root)
     config = dataclasses.asdict(self.builder_config)
     for k in ("release_notes", "supported_versions", "tags", "description", "version"):
       config.pop(k, None)
@@ -393,6 +433,26 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     })
     return {split: self._generate_examples(split, examples)
             for split, examples in splits.items()}
+
+  def list_splits(self, root: Path | None) -> dict[str, list[Example]]:
+    """The checked examples of each split: what ``prepare`` stores (nothing is decoded)."""
+    self._notes: dict[str, Any] = {}
+    self._ignored: list[str] = []
+    splits = self._list_examples(root)
+    validate.check_examples(splits, root)
+    for split, examples in splits.items():
+      if not examples:
+        sizes = {s: len(e) for s, e in splits.items()}
+        raise DataError(f"{root or self.name}: split '{split}' of {self.name} "
+                        f"({self.builder_config.name}) is empty (examples per split: {sizes}). "
+                        "Raise the option that sizes it (val_fraction, test_fraction, num_test, "
+                        "...) or check that manual_dir holds the complete download. "
+                        f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS or ''}".rstrip())
+    self.check_splits(splits, root)
+    return splits
+
+  def check_splits(self, splits: dict[str, list[Example]], root: Path | None) -> None:
+    """A builder's own checks of the final splits (none here)."""
 
   def ignore(self, path: str | os.PathLike, reason: str) -> None:
     """Lists a file of the layout that is not used (shown in the prepare summary)."""
@@ -411,7 +471,8 @@ class ImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
              for e in examples]
     workers = self.num_workers or os.cpu_count() or 1
     bar = tqdm.tqdm(total=len(tasks), desc=f"{self.name}/{self.builder_config.name} {split}",
-                    unit="img", dynamic_ncols=True)
+                    unit="img", dynamic_ncols=True,
+                    disable=None)  # a terminal only: no carriage-return frames in logs
     written = 0
     with bar, _map(tasks, workers) as results:
       for example, (ok, value) in zip(examples, results):

@@ -7,7 +7,14 @@ manual_dir. The labels are one of:
 * a label column (class names or integers): one class per image;
 * several 0/1 columns (``label_columns=a,b,c``): multi-label, named by the columns;
 * one label column whose values hold ``label_delimiter`` (``|``), e.g.
-  ``effusion|edema``: multi-label, an empty value meaning no label.
+  ``effusion|edema``: multi-label, an empty value meaning no label. Declared with
+  ``multilabel=true``, or read so when every row holds the delimiter; some rows
+  holding it and others not is an error naming them (``multilabel=false``: each
+  value is one class name).
+
+Labels are read as written, except integers written as floats (``1.0`` is ``1``).
+An empty or NaN-like label, two labels differing only in case, and integer labels
+with a gap are refused (see :mod:`ftjax.data.labels`).
 
 Optional: a patient (group) column, so that carving keeps each patient in one
 split, and a split column (``train``, ``val`` / ``validation`` / ``valid``,
@@ -23,13 +30,14 @@ says which option to set.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
-from ftjax.data import validate
-from ftjax.data.base import NOT_SKIPPED, Example, read_csv
+from ftjax.data import labels, validate
+from ftjax.data.base import NOT_SKIPPED, Example, read_csv_records
 from ftjax.data.errors import DataError
-from ftjax.data.user import IMAGE_SUFFIXES, UserBuilder, UserConfig, as_names
+from ftjax.data.user_base import IMAGE_SUFFIXES, UserBuilder, UserConfig, as_names
 
 PATH_NAMES = ("path", "image", "image_path", "imagepath", "file", "filename", "file_name",
               "filepath", "file_path", "image_name", "image_file", "img", "image_id")
@@ -65,47 +73,29 @@ class CsvConfig(UserConfig):
 
 @dataclasses.dataclass
 class Table:
-  """The table read and its columns resolved to roles."""
+  """The table read, its columns resolved to roles and each row's labels resolved
+  (once: every reader below is one pass over the rows)."""
 
   path: Path
-  rows: list[dict[str, str]]
+  columns: dict[str, list[str]]  # column -> its values, in row order
   path_column: str
   label_column: str  # '' when label_columns are used
   label_columns: tuple[str, ...]
   patient_column: str
   split_column: str
-  delimiter: str  # within a label column; '' : one class per image
+  labels: list[tuple[str, ...]]  # each row's labels, normalised
+  multilabel: bool
 
-  @property
-  def multilabel(self) -> bool:
-    return bool(self.label_columns) or self.delimited
-
-  @property
-  def delimited(self) -> bool:
-    return bool(self.delimiter) and any(self.delimiter in r[self.label_column]
-                                        for r in self.rows)
+  def __len__(self) -> int:
+    return len(self.columns[self.path_column])
 
   def row_where(self, index: int) -> str:
     return f"{validate.shown(self.path)} row {index + 2}"  # the header is row 1
 
-  def labels_of(self, index: int) -> list[str]:
-    row = self.rows[index]
-    if self.label_columns:
-      return [c for c in self.label_columns if self._flag(index, c)]
-    value = row[self.label_column]
-    if self.delimited:
-      return [v.strip() for v in value.split(self.delimiter) if v.strip()]
-    if not value:
-      raise DataError(f"{self.row_where(index)}: empty {self.label_column!r}. Give every "
-                      f"image its class. {FIX} {NOT_SKIPPED}")
-    return [value]
-
-  def _flag(self, index: int, column: str) -> bool:
-    value = self.rows[index][column]
-    if value not in ("0", "1", "0.0", "1.0"):
-      raise DataError(f"{self.row_where(index)}: column {column!r} holds {value!r}; the label "
-                      f"columns {list(self.label_columns)} hold 0 or 1. {FIX} {NOT_SKIPPED}")
-    return value.startswith("1")
+  def rows_where(self, indices: Sequence[int]) -> str:
+    """'<table> rows 2, 5, 9 and 4 more'."""
+    rows = [str(i + 2) for i in indices]
+    return f"{validate.shown(self.path)} row{'s' if len(rows) > 1 else ''} {labels.listed(rows)}"
 
 
 def find_table(root: Path, name: str) -> Path:
@@ -150,13 +140,46 @@ def choose(path: Path, columns: Sequence[str], given: str, names: Sequence[str],
   return found[0] if found else ""
 
 
-def image_path_column(path: Path, rows: list[dict[str, str]], columns: Sequence[str],
-                      given: str) -> str:
+def read_columns(path: Path, fix: str) -> dict[str, list[str]]:
+  """Column -> its values, read in one pass, a chunk of rows at a time. A value
+  repeated in a column (a label, a split, a patient) is kept as one string object."""
+  header, records = read_csv_records(path, (), delimiter=delimiter_of(path), fix=fix)
+  values: list[list[str]] = [[] for _ in header]
+  kept: list[dict[str, str] | None] = [{} for _ in header]
+  chunk: list[list[str]] = []
+  for _, fields in records:
+    chunk.append(fields)
+    if len(chunk) == _CHUNK:
+      _add_chunk(values, kept, chunk)
+      chunk = []
+  _add_chunk(values, kept, chunk)
+  return dict(zip(header, values))
+
+
+def _add_chunk(values: list[list[str]], kept: list[dict[str, str] | None],
+               chunk: list[list[str]]) -> None:
+  for j, column in enumerate(zip(*chunk)):
+    same = kept[j]
+    if same is None:
+      values[j].extend(column)
+      continue
+    values[j].extend(map(same.setdefault, column, column))
+    if len(same) > _DISTINCT_KEPT:  # a column of distinct values (the paths)
+      kept[j] = None
+
+
+_CHUNK = 8192
+_DISTINCT_KEPT = 4096
+FLAGS = {"0": False, "0.0": False, "1": True, "1.0": True}
+
+
+def image_path_column(path: Path, columns: dict[str, list[str]], given: str) -> str:
   """The path column: by option or name, else the one column naming image files."""
-  named = choose(path, columns, given, PATH_NAMES, "image-path", "path_column", False)
+  named = choose(path, list(columns), given, PATH_NAMES, "image-path", "path_column", False)
   if named:
     return named
-  by_content = [c for c in columns if all(r[c].lower().endswith(IMAGE_SUFFIXES) for r in rows)]
+  by_content = [c for c, values in columns.items()
+                if all(v.lower().endswith(IMAGE_SUFFIXES) for v in values)]
   if len(by_content) == 1:
     return by_content[0]
   what = (f"columns {by_content} all name image files" if by_content
@@ -168,30 +191,36 @@ def image_path_column(path: Path, rows: list[dict[str, str]], columns: Sequence[
 
 def read_table(root: Path, config: CsvConfig) -> Table:
   path = find_table(root, config.csv_file)
-  rows = read_csv(path, (), delimiter=delimiter_of(path), fix=FIX)
-  columns = list(rows[0])
-  path_column = image_path_column(path, rows, columns, config.path_column)
-  patient = choose(path, columns, config.patient_column, PATIENT_NAMES, "patient", "patient_column",
-                   False)
-  split = choose(path, columns, config.split_column, SPLIT_NAMES, "split", "split_column", False)
+  columns = read_columns(path, FIX)
+  names = list(columns)
+  path_column = image_path_column(path, columns, config.path_column)
+  patient = choose(path, names, config.patient_column, PATIENT_NAMES, "patient",
+                   "patient_column", False)
+  split = choose(path, names, config.split_column, SPLIT_NAMES, "split", "split_column", False)
   label_columns = as_names(config.label_columns)
   for column in label_columns:
-    choose(path, columns, column, (), "label", "label_columns", True)
+    choose(path, names, column, (), "label", "label_columns", True)
   label = ""
   if not label_columns:
-    label, label_columns = _labels(path, rows, columns, config.label_column,
-                                   {path_column, patient, split})
-  return Table(path, rows, path_column, label, label_columns, patient, split,
-               "" if label_columns else config.label_delimiter)
+    label, label_columns = _label_roles(path, columns, config.label_column,
+                                        {path_column, patient, split})
+  table = Table(path, columns, path_column, label, label_columns, patient, split, [], True)
+  if label_columns:
+    table.labels = _flag_labels(table, config.multilabel)
+  else:
+    table.labels, table.multilabel = _column_labels(table, config.label_delimiter,
+                                                    config.multilabel)
+  return table
 
 
-def _labels(path: Path, rows, columns, given: str, used: set[str]) -> tuple[str, tuple]:
+def _label_roles(path: Path, columns: dict[str, list[str]], given: str,
+                 used: set[str]) -> tuple[str, tuple]:
   """(label column, ()) or ('', 0/1 columns), by option, name or content."""
-  named = choose(path, columns, given, LABEL_NAMES, "label", "label_column", False)
+  named = choose(path, list(columns), given, LABEL_NAMES, "label", "label_column", False)
   if named:
     return named, ()
   rest = [c for c in columns if c not in used]
-  flags = [c for c in rest if all(r[c] in ("0", "1", "0.0", "1.0") for r in rows)]
+  flags = [c for c in rest if all(v in FLAGS for v in columns[c])]
   if len(rest) > 1 and flags == rest:
     return "", tuple(rest)
   if len(rest) == 1:
@@ -199,6 +228,84 @@ def _labels(path: Path, rows, columns, given: str, used: set[str]) -> tuple[str,
   raise DataError(f"{validate.shown(path)}: which columns hold the labels is ambiguous (no "
                   f"column named label/class/target..., and {rest} are not all 0/1); name "
                   "them with --option label_column=<column> or --option label_columns=a,b,c.")
+
+
+def _flag_labels(table: Table, multilabel: bool | None) -> list[tuple[str, ...]]:
+  """Each row's labels from 0/1 columns: the columns holding 1."""
+  if multilabel is False:
+    raise DataError(f"{validate.shown(table.path)}: --option multilabel=false, but the labels "
+                    f"are the 0/1 columns {list(table.label_columns)}, one per label. Give one "
+                    "label column (--option label_column=<column>) for one class per image, "
+                    "or leave multilabel out.")
+  for column in table.label_columns:
+    bad = [i for i, v in enumerate(table.columns[column]) if v not in FLAGS]
+    if bad:
+      raise DataError(f"{table.rows_where(bad)}: column {column!r} holds "
+                      f"{table.columns[column][bad[0]]!r}; the label columns "
+                      f"{list(table.label_columns)} hold 0 or 1. {FIX} {NOT_SKIPPED}")
+  kept: dict[tuple[str, ...], tuple[str, ...]] = {}
+  rows = zip(*(table.columns[c] for c in table.label_columns))
+  return [_kept(kept, tuple(c for c, v in zip(table.label_columns, flags) if FLAGS[v]))
+          for flags in rows]
+
+
+def _kept(kept: dict, value: tuple) -> tuple:
+  return kept.setdefault(value, value)
+
+
+def _column_labels(table: Table, delimiter: str,
+                   multilabel: bool | None) -> tuple[list[tuple[str, ...]], bool]:
+  """(each row's labels, multi-label?) from one label column: several labels per
+  image only if declared, or if every row holds the delimiter."""
+  values = table.columns[table.label_column]
+  with_delimiter = [i for i, v in enumerate(values) if delimiter and delimiter in v]
+  if multilabel is None:
+    if with_delimiter and len(with_delimiter) < len(values):
+      raise DataError(
+          f"{table.rows_where(with_delimiter)}: {len(with_delimiter)} of {len(values)} values "
+          f"in column {table.label_column!r} hold {delimiter!r} (e.g. "
+          f"{values[with_delimiter[0]]!r}), the others one label: several labels per image, "
+          f"or a stray {delimiter!r}? Say which with --option multilabel=true ({delimiter!r} "
+          "separates labels, an empty value is no label) or --option multilabel=false (each "
+          "value is one class name), or correct these rows.")
+    multilabel = bool(with_delimiter)
+  # An empty value is 'no label' in a multi-label column; a NaN-like one is never clear.
+  missing = [i for i, v in enumerate(values) if labels.is_missing(v) and (v or not multilabel)]
+  if missing:
+    raise DataError(f"{table.rows_where(missing)}: no label in column {table.label_column!r} "
+                    f"({values[missing[0]]!r}: empty or NaN-like, {len(missing)} of "
+                    f"{len(values)} rows). Give every image its class, or remove these rows. "
+                    f"{FIX} {NOT_SKIPPED}")
+  kept: dict[str, tuple[str, ...]] = {}
+  if not multilabel:
+    return [kept.get(v) or kept.setdefault(v, (labels.normalised(v),)) for v in values], False
+  out = [kept.get(v) or kept.setdefault(v, _split(v, delimiter)) for v in values]
+  bad = [i for i, row in enumerate(out) if any(labels.is_missing(x) for x in row)]
+  if bad:
+    raise DataError(f"{table.rows_where(bad)}: a NaN-like label in {values[bad[0]]!r} (column "
+                    f"{table.label_column!r}). Write only the labels present. {FIX} "
+                    f"{NOT_SKIPPED}")
+  return out, True
+
+
+def _split(value: str, delimiter: str) -> tuple[str, ...]:
+  parts = (labels.normalised(v.strip()) for v in value.split(delimiter))
+  return tuple(dict.fromkeys(p for p in parts if p))
+
+
+def label_encoder(classes: Sequence[str], multilabel: bool) -> Callable[[tuple], Any]:
+  """A row's labels -> its class index, or its multi-hot tuple (one tuple per set of
+  labels, however many rows share it)."""
+  index = {name: i for i, name in enumerate(classes)}
+  if not multilabel:
+    return lambda row: index[row[0]]
+  kept: dict[tuple[str, ...], tuple[float, ...]] = {}
+
+  def multi_hot(row: tuple[str, ...]) -> tuple[float, ...]:
+    if row not in kept:
+      kept[row] = tuple(float(c in row) for c in classes)
+    return kept[row]
+  return multi_hot
 
 
 class CsvTable(UserBuilder):
@@ -210,55 +317,57 @@ class CsvTable(UserBuilder):
                     "label_delimiter", "patient_column", "split_column")
 
   @classmethod
-  def read_labels(cls, root: Path, config: CsvConfig) -> tuple[list[str], bool]:
+  def read_labels(cls, root: Path, config: CsvConfig) -> tuple[dict[str, str], bool]:
     table = read_table(root, config)
+    first_seen: dict[str, str] = {}
+    for index, row in enumerate(table.labels):
+      for label in row:
+        if label not in first_seen:
+          first_seen[label] = table.row_where(index)
     if table.label_columns:
-      return list(table.label_columns), True
-    return [label for i in range(len(table.rows)) for label in table.labels_of(i)], \
-        table.multilabel
+      first_seen = {c: validate.shown(table.path) for c in table.label_columns}
+    return first_seen, table.multilabel
 
   def _list_examples(self, root: Path) -> dict[str, list[Example]]:
     table = read_table(root, self.builder_config)
-    self._check_label_type(table)
-    examples = [self._example(root, table, i) for i in range(len(table.rows))]
+    examples = self._examples(table)
     self.ignore_unused(table.path.parent, [table.path] + [e.source for e in examples],
                        "not listed in " + table.path.name, IMAGE_SUFFIXES)
     if not table.split_column:
       return self.three_way(examples, validate.shown(table.path))
     given: dict[str, list[Example]] = {"train": [], "validation": [], "test": []}
-    for index, example in enumerate(examples):
-      given[self._split_of(table, index)].append(example)
+    for split, example in zip(self._splits_of(table), examples):
+      given[split].append(example)
     return self.with_validation(given, validate.shown(table.path))
 
-  def _check_label_type(self, table: Table) -> None:
-    if table.multilabel != self.MULTILABEL:
-      kind = "several labels per image" if table.multilabel else "one class per image"
-      raise DataError(f"{validate.shown(table.path)}: the table now has {kind}, unlike when "
-                      "this dataset was named. Prepare it under another --name.")
-
-  def _example(self, root: Path, table: Table, index: int) -> Example:
-    row, where = table.rows[index], table.row_where(index)
-    relative = row[table.path_column]
-    if not relative:
-      raise DataError(f"{where}: empty {table.path_column!r}. Give every row its image's "
-                      f"path. {FIX} {NOT_SKIPPED}")
-    labels = [self.label_index(label, where) for label in table.labels_of(index)]
-    if self.MULTILABEL:
-      label = [float(c in labels) for c in range(len(self.class_names()))]
-    else:
-      label = labels[0]
-    patient = row[table.patient_column] if table.patient_column else ""
-    if table.patient_column and not patient:
-      raise DataError(f"{where}: empty {table.patient_column!r}. Give every row its patient "
-                      f"(or group) id, or leave the patient column out. {FIX} {NOT_SKIPPED}")
-    return Example(key=relative, source=str(table.path.parent / relative), label=label,
-                   patient_id=patient, origin=f"row {index + 2}")
+  def _examples(self, table: Table) -> list[Example]:
+    """One example per row (a class index or a multi-hot tuple as its label)."""
+    paths = table.columns[table.path_column]
+    patients = table.columns[table.patient_column] if table.patient_column else [""] * len(table)
+    for column, values, fix in ((table.path_column, paths, "its image's path"),
+                                (table.patient_column, patients, "its patient (or group) id, "
+                                 "or leave the patient column out")):
+      empty = [i for i, v in enumerate(values) if not v] if column else []
+      if empty:
+        raise DataError(f"{table.rows_where(empty)}: empty {column!r}. Give every row {fix}. "
+                        f"{FIX} {NOT_SKIPPED}")
+    classes = self.class_names()
+    declared, encode = set(classes), label_encoder(classes, self.MULTILABEL)
+    folder, examples = os.fspath(table.path.parent), []
+    for i, (relative, patient, row) in enumerate(zip(paths, patients, table.labels)):
+      unknown = [x for x in row if x not in declared]
+      if unknown:
+        self.label_index(unknown[0], table.row_where(i))  # raises, naming the row
+      examples.append(Example(key=relative, source=os.path.join(folder, relative),
+                              label=encode(row), patient_id=patient, origin=f"row {i + 2}"))
+    return examples
 
   @staticmethod
-  def _split_of(table: Table, index: int) -> str:
-    value = table.rows[index][table.split_column]
-    if value.lower() not in SPLIT_VALUES:
-      raise DataError(f"{table.row_where(index)}: split {value!r} in column "
+  def _splits_of(table: Table) -> list[str]:
+    values = table.columns[table.split_column]
+    bad = [i for i, v in enumerate(values) if v.lower() not in SPLIT_VALUES]
+    if bad:
+      raise DataError(f"{table.rows_where(bad)}: split {values[bad[0]]!r} in column "
                       f"{table.split_column!r}; expected train, val (validation, valid) or "
                       f"test. {FIX} {NOT_SKIPPED}")
-    return SPLIT_VALUES[value.lower()]
+    return [SPLIT_VALUES[v.lower()] for v in values]

@@ -1,228 +1,28 @@
-"""The user's own datasets: generic builders, stored under a name the user picks.
-
-``python -m ftjax.data prepare --dataset folder --name knee_xr --manual_dir ~/knee
---data_dir data`` stores the images in ``data/knee_xr/<config>/<version>/``; several
-named datasets coexist in one data_dir. A named dataset's layout options (class
-names, multi-label flag, main metrics, the builder's column or pattern options)
-are fixed when it is prepared and recorded in its metadata, so training, the
-sweep and the report find it by name alone (``--config.dataset=knee_xr``).
-
-Class names are read from manual_dir (folder names, CSV labels, .npz labels) unless
-declared with ``--option classes=a,b,c``; then a label outside them is an error.
-Main metrics: multi-label ``map, auroc``; two classes ``auroc, accuracy``; more
-``accuracy, auroc`` (``--option main_metrics=f1,accuracy`` to choose).
+"""The user's own datasets by name: the generic builders (folder, csv, npz) and the
+datasets prepared under a name the user picks (``--name knee_xr``), found again by that
+name alone. The builders' shared base is `ftjax.data.user_base`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import re
 import types
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
-import numpy as np
-
-from ftjax.data import splits
-from ftjax.data.base import Example, ImageBuilder, ImageConfig
+from ftjax.data.csv_table import CsvTable
 from ftjax.data.errors import DataError
+from ftjax.data.folder import Folder
+from ftjax.data.npz import Npz
 from ftjax.data.registry import DatasetInfo
-
-NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-METRICS = ("accuracy", "auroc", "map", "kappa", "f1")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
-DICOM_SUFFIXES = (".dcm", ".dicom")
-# Config fields fixed per named dataset (recorded in its metadata): one name is one
-# set of images, labels and splits; only the resize varies between its configs.
-LAYOUT_FIELDS = ("classes", "multilabel", "main_metrics", "val_fraction", "test_fraction",
-                 "seed")
-
-
-@dataclasses.dataclass(eq=True)
-class UserConfig(ImageConfig):
-  """Attributes:
-    classes: class names (empty: read from manual_dir).
-    multilabel: several labels per image (sigmoid/BCE) instead of one class.
-    main_metrics: the two headline metrics (empty: by label type, see above).
-    test_fraction: share held out as the test split where manual_dir has none.
-  """
-
-  classes: tuple[str, ...] = ()
-  multilabel: bool = False
-  main_metrics: tuple[str, ...] = ()
-  test_fraction: float = 0.1
-
-
-def as_names(value: Any) -> tuple[str, ...]:
-  """'a,b' / ['a', 'b'] / ('a',) -> ('a', 'b'); an option given on the command line."""
-  if isinstance(value, str):
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-  return tuple(str(v) for v in value)
-
-
-def default_metrics(num_classes: int, multilabel: bool) -> tuple[str, ...]:
-  if multilabel:
-    return ("map", "auroc")
-  return ("auroc", "accuracy") if num_classes == 2 else ("accuracy", "auroc")
-
-
-def load_image(source: str) -> Any:
-  """Opens one image file: DICOM through pydicom, everything else through PIL."""
-  if source.lower().endswith(DICOM_SUFFIXES):
-    from ftjax.data import dicom
-    return dicom.read_dicom(source)
-  from ftjax.data.base import open_image
-  return open_image(source)
-
-
-class UserBuilder(ImageBuilder, skip_registration=True):
-  """Base of the generic builders; a subclass reads one layout."""
-
-  CONFIG_CLASS: ClassVar[type[UserConfig]] = UserConfig
-  MANUAL_DOWNLOAD_INSTRUCTIONS = "Give --manual_dir, the folder that holds your images."
-  LAYOUT_OPTIONS: ClassVar[tuple[str, ...]] = ()  # the subclass's own layout fields
-  BASE_NAME: ClassVar[str] = ""  # 'folder', 'csv', 'npz' (named subclasses keep it)
-
-  load_image = staticmethod(load_image)
-
-  @property
-  def MULTILABEL(self) -> bool:  # noqa: N802
-    return bool(self.builder_config.multilabel)
-
-  def class_names(self) -> tuple[str, ...]:
-    return tuple(self.builder_config.classes)
-
-  @classmethod
-  def layout_fields(cls) -> tuple[str, ...]:
-    return LAYOUT_FIELDS + cls.LAYOUT_OPTIONS
-
-  @classmethod
-  def make_config(cls, **options) -> UserConfig:
-    """Layout fields are fixed by the dataset's name, so they stay out of the config
-    name: ``r232``."""
-    options = dict(options)
-    for key in ("classes", "main_metrics"):
-      if key in options:
-        options[key] = as_names(options[key])
-    layout = {k: options.pop(k) for k in cls.layout_fields() if k in options}
-    config = super().make_config(**options)
-    return dataclasses.replace(config, **layout)
-
-  # ---- what subclasses provide -------------------------------------------
-
-  @classmethod
-  def read_labels(cls, root: Path, config: UserConfig) -> tuple[list[str], bool]:
-    """(every label seen in manual_dir, multi-label?), cheaply (no image decoded)."""
-    raise NotImplementedError
-
-  # ---- shared ---------------------------------------------------------------
-
-  @classmethod
-  def discover(cls, root: Path, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` completed with the classes, multi-label flag and main metrics
-    read from manual_dir (declared classes are checked, not replaced)."""
-    config = cls.make_config(**options)
-    seen, multilabel = cls.read_labels(root, config)
-    classes = config.classes or tuple(sorted(set(seen), key=_class_order))
-    metrics = config.main_metrics or default_metrics(len(classes), multilabel)
-    unknown = sorted(set(metrics) - set(METRICS))
-    if unknown or len(metrics) < 1:
-      raise DataError(f"--option main_metrics={','.join(metrics)}: {unknown} are not metrics; "
-                      f"choose from {', '.join(METRICS)}.")
-    if len(classes) < 2 and not multilabel:
-      raise DataError(f"{root}: one class ({', '.join(classes) or 'none'}) found; a classifier "
-                      "needs at least two. Add the images of the other class(es).")
-    return {**options, "classes": classes, "multilabel": multilabel, "main_metrics": metrics}
-
-  def label_index(self, label: str, where: str) -> int:
-    """The index of a class name; a DataError naming ``where`` if it is not declared."""
-    classes = self.class_names()
-    if label not in classes:
-      raise DataError(f"{where}: label {label!r} is not among the declared classes "
-                      f"{list(classes)}. Add it to --option classes=... or remove these "
-                      "images from manual_dir.")
-    return classes.index(label)
-
-  def carve(self, examples: list[Example], fraction: float, seed: int, what: str,
-            where: str) -> tuple[list[Example], list[Example]]:
-    """(kept, held out): grouped by patient where every example has one, else
-    stratified by class; a class too small to appear on both sides is an error."""
-    if examples and all(e.patient_id for e in examples):
-      kept, held = splits.grouped_split([e.patient_id for e in examples], fraction, seed)
-    elif self.MULTILABEL:  # no class to stratify by: a seeded split of the images
-      kept, held = splits.grouped_split([e.key for e in examples], fraction, seed)
-    else:
-      self._check_class_sizes(examples, fraction, what, where)
-      kept, held = splits.stratified_split([int(e.label) for e in examples], fraction, seed)
-    return [examples[i] for i in kept], [examples[i] for i in held]
-
-  def _check_class_sizes(self, examples: list[Example], fraction: float, what: str,
-                         where: str) -> None:
-    counts = np.bincount([int(e.label) for e in examples], minlength=len(self.class_names()))
-    for index, count in enumerate(counts):
-      held = int(round(fraction * count))
-      if count and (held < 1 or held >= count):
-        raise DataError(
-            f"{where}: class {self.class_names()[index]!r} has {count} image(s), too few to "
-            f"carve a {what} share of {fraction:g} from (it would leave that class out of "
-            f"one side). Add images of this class, change {what}_fraction, or remove the "
-            "class.")
-
-  def three_way(self, pool: list[Example], where: str) -> dict[str, list[Example]]:
-    """train / validation / test carved from one pool (test first)."""
-    cfg = self.builder_config
-    rest, test = self.carve(pool, cfg.test_fraction, cfg.seed, "test", where)
-    train, val = self.carve(rest, cfg.val_fraction, cfg.seed + 1, "val", where)
-    self._notes["split"] = (f"{self._carving(pool)}: test {cfg.test_fraction:.0%} (seed "
-                            f"{cfg.seed}), validation {cfg.val_fraction:.0%} of the rest "
-                            f"(seed {cfg.seed + 1})")
-    return {"train": train, "validation": val, "test": test}
-
-  def with_validation(self, given: dict[str, list[Example]],
-                      where: str) -> dict[str, list[Example]]:
-    """Given splits; a missing validation split carved from train."""
-    if given.get("validation"):
-      self._notes["split"] = "the given train / validation / test"
-      return given
-    cfg = self.builder_config
-    train, val = self.carve(given["train"], cfg.val_fraction, cfg.seed, "val", where)
-    self._notes["split"] = (f"the given train / test; validation {cfg.val_fraction:.0%} of "
-                            f"train, {self._carving(given['train'])} (seed {cfg.seed})")
-    return {"train": train, "validation": val, "test": given.get("test", [])}
-
-  def _carving(self, examples: list[Example]) -> str:
-    if examples and all(e.patient_id for e in examples):
-      return "grouped by patient"
-    return "by image (seeded)" if self.MULTILABEL else "stratified by class"
-
-  def _split_generators(self, dl_manager):
-    generators = super()._split_generators(dl_manager)
-    cfg = self.builder_config
-    self.info.metadata["user_dataset"] = {
-        "builder": self.BASE_NAME,
-        "layout": {k: _jsonable(getattr(cfg, k)) for k in self.layout_fields()},
-    }
-    return generators
-
-
-def _class_order(name: str):
-  """Integer labels sort as numbers ('2' < '10'), names alphabetically."""
-  return (0, int(name), "") if re.fullmatch(r"-?\d+", name) else (1, 0, name)
-
-
-def _jsonable(value: Any) -> Any:
-  return list(value) if isinstance(value, tuple) else value
+from ftjax.data.user_base import NAME_RE, UserBuilder, jsonable
 
 
 # ---- named datasets ---------------------------------------------------------
 
 
 def generic_builders() -> dict[str, type[UserBuilder]]:
-  from ftjax.data.csv_table import CsvTable
-  from ftjax.data.folder import Folder
-  from ftjax.data.npz import Npz
   return {"folder": Folder, "csv": CsvTable, "npz": Npz}
 
 
@@ -262,7 +62,7 @@ def check_same_layout(builder_name: str, recorded: dict[str, Any] | None, name: 
   """Preparing ``name`` again (another resize) must describe the same dataset."""
   if recorded is None:
     return
-  wanted = {k: _jsonable(v) for k, v in options.items() if k in recorded["layout"]}
+  wanted = {k: jsonable(v) for k, v in options.items() if k in recorded["layout"]}
   if recorded["builder"] != builder_name or wanted != recorded["layout"]:
     raise DataError(
         f"{Path(data_dir) / name}: a dataset named {name} is prepared there from other "

@@ -23,7 +23,7 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -129,47 +129,112 @@ def check_text(text: str, what: str, where: str, fix: str) -> None:
 def resolve_inside(root: Path, path: Path, where: str) -> Path:
   """``path`` with symbolic links and '..' resolved; a DataError (``where`` names the
   path) if it leaves ``root``."""
-  resolved = path.resolve()
-  if not resolved.is_relative_to(root.resolve()):
-    raise DataError(f"{where}: leads to {shown(resolved)}, outside manual_dir "
-                    f"{shown(root)} (an absolute path, '..' or a symbolic link). Keep the "
-                    f"dataset's files inside manual_dir and use its original file lists.")
-  return resolved
+  return Path(_Resolver(root).inside(os.fspath(path), where))
+
+
+class _Resolver:
+  """Resolves many paths under one root: each folder above a file's own folder is
+  looked up once, so a file costs two lstats, not one per component of its path, and
+  only those folders are remembered."""
+
+  def __init__(self, root: Path):
+    self.root = root
+    self.top = os.path.realpath(root)
+    self.folders: dict[str, str] = {}
+
+  def real(self, path: str, level: int = 0) -> str:
+    """os.path.realpath(path) (``level``: how far above a file ``path`` is)."""
+    found = self.folders.get(path)
+    if found is not None:
+      return found
+    parent, name = os.path.split(path)
+    if name in ("", ".", "..") or parent == path:
+      found = os.path.realpath(path or ".")
+    else:
+      full = os.path.join(self.real(parent, level + 1), name)
+      found = os.path.realpath(full) if os.path.islink(full) else full
+    if level >= 2:
+      self.folders[path] = found
+    return found
+
+  def inside(self, path: str, where: str | Callable[[], str]) -> str:
+    """The real path; a DataError naming ``where`` (or what it returns) outside root."""
+    resolved = self.real(path)
+    if resolved != self.top and not resolved.startswith(self.top.rstrip(os.sep) + os.sep):
+      where = where() if callable(where) else where
+      raise DataError(f"{where}: leads to {shown(resolved)}, outside manual_dir "
+                      f"{shown(self.root)} (an absolute path, '..' or a symbolic link). Keep "
+                      "the dataset's files inside manual_dir and use its original file lists.")
+    return resolved
 
 
 def check_examples(splits: dict[str, list], root: Path | None) -> None:
   """Keys unique across splits, UTF-8 names and, for file sources, one distinct file
-  inside ``root`` per example."""
-  keys: dict[str, str] = {}
-  files: dict[Path, str] = {}
+  inside ``root`` per example (one pass; a message's ``where`` is made only for it)."""
+  keys: dict[str, Any] = {}
+  files: dict[int, Any] = {}  # hash of the real path -> the example (no copy of the path)
+  collided: dict[str, Any] = {}
+  resolver = _Resolver(root) if root is not None else None
   for examples in splits.values():
     for example in examples:
-      where = example.where
-      check_text(example.key, "name", where, "Rename it (names are stored as UTF-8 text).")
-      check_text(example.patient_id, "patient id", where,
-                 "Use the dataset's original file (patient ids are stored as UTF-8 text).")
+      if not _is_utf8(example.key):
+        check_text(example.key, "name", example.where,
+                   "Rename it (names are stored as UTF-8 text).")
+      if not _is_utf8(example.patient_id):
+        check_text(example.patient_id, "patient id", example.where,
+                   "Use the dataset's original file (patient ids are stored as UTF-8 text).")
       if example.key in keys:
-        raise DataError(f"{where}: '{example.key}' is listed twice (also at {keys[example.key]})"
-                        f"; every image must appear once. Use the dataset's original files.")
-      keys[example.key] = where
-      if root is None or not isinstance(example.source, (str, os.PathLike)):
+        raise DataError(f"{example.where}: '{example.key}' is listed twice (also at "
+                        f"{keys[example.key].where}); every image must appear once. Use the "
+                        "dataset's original files.")
+      keys[example.key] = example
+      if resolver is None or not isinstance(example.source, (str, os.PathLike)):
         continue
-      resolved = resolve_inside(root, Path(example.source), where)
-      if resolved.is_dir():
-        raise DataError(f"{where}: a folder, not an image file. "
+      resolved = resolver.inside(os.fspath(example.source), lambda e=example: e.where)
+      if os.path.isdir(resolved):
+        raise DataError(f"{example.where}: a folder, not an image file. "
                         "Remove or rename the folder, and restore the image.")
-      if resolved in files:
-        raise DataError(f"{where}: the same file as {files[resolved]} "
+      other = files.setdefault(hash(resolved), example)
+      if other is not example and resolver.real(os.fspath(other.source)) != resolved:
+        other = collided.setdefault(resolved, example)  # two paths, one hash: rare
+      if other is not example:
+        raise DataError(f"{example.where}: the same file as {other.where} "
                         f"({shown(resolved)}, through a symbolic link): it would be stored "
                         "twice, perhaps under two labels. Replace the link by the real files.")
-      files[resolved] = where
 
 
-def walk(folder: Path, image_suffixes: Sequence[str] = ()) -> Iterator[Path]:
+def _is_utf8(text: str) -> bool:
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
+def is_hidden(name: str) -> bool:
+  """A hidden file or folder ('.DS_Store', '.ipynb_checkpoints'): never data."""
+  return name.startswith(".")
+
+
+def hidden_files(path: Path) -> list[Path]:
+  """``path`` if it is a file (or a link), else every file under the folder."""
+  if path.is_symlink() or not path.is_dir():
+    return [path]
+  return [Path(parent) / name for parent, _, names in os.walk(path) for name in names]
+
+
+def walk(folder: Path, image_suffixes: Sequence[str] = (),
+         hidden: list[Path] | None = None) -> Iterator[Path]:
   """Every file under ``folder`` (sorted). A symbolic link to a folder, and a folder
-  named like an image (``image1.png/``), are DataErrors."""
+  named like an image (``image1.png/``), are DataErrors. With a ``hidden`` list, the
+  files in hidden folders and the hidden files are added to it instead."""
   for parent, dirs, names in os.walk(folder):
     parent_path = Path(parent)
+    if hidden is not None:
+      for name in sorted(n for n in dirs + names if is_hidden(n)):
+        hidden.extend(hidden_files(parent_path / name))
+      dirs[:] = [n for n in dirs if not is_hidden(n)]
+      names = [n for n in names if not is_hidden(n)]
     for name in sorted(dirs):
       path = parent_path / name
       if path.is_symlink():

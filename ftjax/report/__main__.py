@@ -5,6 +5,7 @@ import sys
 
 from absl import app, flags
 
+from ftjax import cli_flags
 from ftjax.report import stats
 from ftjax.report.paper import write_paper_report
 from ftjax.report.write import write_report
@@ -19,6 +20,10 @@ flags.DEFINE_float("rope", stats.DEFAULT_ROPE, "region of practical equivalence:
                    "differences within ± this many points of the metric are a tie",
                    lower_bound=0.0)
 flags.DEFINE_integer("bootstrap_seed", stats.DEFAULT_SEED, "seed of the resamples")
+flags.DEFINE_integer("min_test_groups", stats.DEFAULT_MIN_TEST_GROUPS,
+                     "fewest test patients (images where a dataset has no patient ids) "
+                     "for an interval and a win/tie/loss call; below it the "
+                     "recommendation says there are too few", lower_bound=1)
 flags.DEFINE_list("modality", [], "dataset=label pairs (name or fnmatch pattern), e.g. "
                   "'my_ct=CT,derm_*=dermoscopy': groups the recommendations by your label")
 flags.DEFINE_boolean("paper", False, "analyse the paper's published tables 3-10 instead "
@@ -45,7 +50,8 @@ def main(argv) -> None:
     else:
       written = write_report(f.workdir, f.out, figures_too=f.figures, resamples=f.bootstrap,
                              rope=f.rope, bootstrap_seed=f.bootstrap_seed,
-                             modalities=_modalities(f.modality))
+                             modalities=_modalities(f.modality),
+                             min_test_groups=f.min_test_groups)
   except FileNotFoundError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
@@ -53,5 +59,10 @@ def main(argv) -> None:
     print(f"{name}: {path}")
 
 
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`."""
+  app.run(main, flags_parser=cli_flags.parse)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

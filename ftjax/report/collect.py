@@ -10,6 +10,11 @@ Learning-rate selection (per dataset, arch and strategy; validation split only):
      validation loss, then to the larger learning rate.
 The test split is never read for selection: the reported test cells are the
 seeds' test values at the selected learning rate.
+
+A metric a seed's results.json lacks (or holds as null, NaN or infinite) is
+averaged over the seeds that have it, and the study says which those are
+(`Study.metric_seeds`, `Study.missing`): the tables print "n=2 of 3" in such a
+cell and list the missing seeds, summary.json holds both.
 """
 
 from __future__ import annotations
@@ -139,12 +144,27 @@ class Selection:
   candidates: dict[float, tuple[float, float, int]]
 
 
+def value_of(values: dict[str, Any], metric: str) -> float | None:
+  """A metric of results.json's validation or test dict; None where the run has no
+  finite value of it (absent, null, NaN, infinite)."""
+  value = values.get(metric)
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return None
+  return float(value) if math.isfinite(value) else None
+
+
+def _mean_of(runs: list[Record], metric: str) -> float:
+  found = [v for v in (value_of(r.validation, metric) for r in runs) if v is not None]
+  return float(np.mean(found)) if found else math.nan
+
+
 def select_lr(runs_by_lr: dict[float, list[Record]]) -> Selection:
-  """The learning rate by validation (module docstring); never looks at test."""
+  """The learning rate by validation (module docstring); never looks at test. A seed
+  without a finite validation value of the metric does not count for its lr."""
   metric = next(iter(runs_by_lr.values()))[0].main_metrics[0]
   candidates = {
-      lr: (float(np.mean([r.validation[metric] for r in runs])),
-           float(np.mean([r.validation["loss"] for r in runs])), len(runs))
+      lr: (_mean_of(runs, metric), _mean_of(runs, "loss"),
+           sum(value_of(r.validation, metric) is not None for r in runs))
       for lr, runs in runs_by_lr.items()}
   most = max(n for _, _, n in candidates.values())
   eligible = [lr for lr, (_, _, n) in candidates.items() if n == most]
@@ -173,6 +193,8 @@ class Study:
   cells: Cells                           # test values at the selected lr, percent
   selections: dict[Key, Selection]
   seeds: dict[Key, list[int]]            # seeds behind each cell
+  # Key -> metric -> the seeds its mean is over (those with a finite value).
+  metric_seeds: dict[Key, dict[str, list[int]]]
   main_metrics: dict[str, tuple[str, ...]]  # dataset -> its two metrics
   records: list[Record]
   # dataset -> the names of its outputs, where its results.json record them
@@ -184,11 +206,26 @@ class Study:
   def datasets(self) -> list[str]:
     return list(self.cells)
 
+  def missing(self, key: Key, metric: str) -> list[int]:
+    """The cell's seeds whose run has no value of `metric` (its mean is without them)."""
+    covered = self.metric_seeds.get(key, {}).get(metric, [])
+    return [seed for seed in self.seeds.get(key, []) if seed not in covered]
+
+  def missing_by_cell(self) -> dict[Key, dict[str, list[int]]]:
+    """Every cell and metric whose mean lacks seeds -> the missing seeds."""
+    out: dict[Key, dict[str, list[int]]] = {}
+    for key, by_metric in self.metric_seeds.items():
+      # A main metric no seed has is listed too (its cell prints '–').
+      for metric in dict.fromkeys((*self.main_metrics.get(key[0], ()), *by_metric)):
+        if self.missing(key, metric):
+          out.setdefault(key, {})[metric] = self.missing(key, metric)
+    return out
+
 
 def summarize(records: list[Record], split: str = "test") -> Study:
   """Selects each cell's learning rate on validation and averages `split` over seeds."""
   cells: Cells = {}
-  selections, seeds, main_metrics = {}, {}, {}
+  selections, seeds, main_metrics, metric_seeds = {}, {}, {}, {}
   for key, runs_by_lr in group(records).items():
     dataset, arch, strategy = key
     selection = select_lr(runs_by_lr)
@@ -196,14 +233,17 @@ def summarize(records: list[Record], split: str = "test") -> Study:
     metrics = runs[0].main_metrics
     main_metrics[dataset] = metrics
     cell = cells.setdefault(dataset, {}).setdefault(arch, {}).setdefault(strategy, {})
+    covered = metric_seeds.setdefault(key, {})
     for metric in dict.fromkeys((*metrics, "loss", "map", "accuracy", "auroc", "kappa", "f1")):
       scale = 1.0 if metric == "loss" else 100.0  # the paper prints percent
-      values = [getattr(r, split)[metric] * scale for r in runs if metric in getattr(r, split)]
-      if values:
-        cell[metric] = mean_se(values)
+      found = [(r.seed, value_of(getattr(r, split), metric)) for r in runs]
+      found = [(seed, v * scale) for seed, v in found if v is not None]
+      if found:
+        cell[metric] = mean_se(v for _, v in found)
+        covered[metric] = [seed for seed, _ in found]
     selections[key], seeds[key] = selection, [r.seed for r in runs]
   class_names = {r.dataset: r.class_names for r in reversed(records) if r.class_names}
-  return Study(cells, selections, seeds, main_metrics, records, class_names)
+  return Study(cells, selections, seeds, metric_seeds, main_metrics, records, class_names)
 
 
 def study(workdir: str | pathlib.Path) -> Study:
@@ -222,6 +262,9 @@ def as_json(s: Study) -> dict[str, Any]:
       "lr_candidates": {"/".join(k): {f"{lr:g}": list(c) for lr, c in v.candidates.items()}
                         for k, v in s.selections.items()},
       "seeds": {"/".join(k): v for k, v in s.seeds.items()},
+      # The seeds behind each mean of "cells", and those a mean lacks.
+      "metric_seeds": {"/".join(k): v for k, v in s.metric_seeds.items()},
+      "missing_seeds": {"/".join(k): v for k, v in s.missing_by_cell().items()},
       "class_names": {d: list(names) for d, names in s.class_names.items()},
       "diverged": s.diverged,
       "ignored": s.ignored,

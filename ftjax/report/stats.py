@@ -40,6 +40,7 @@ from ftjax import metrics as metrics_lib
 DEFAULT_RESAMPLES = 1000
 DEFAULT_ROPE = 1.0  # points of the metric (the report's metrics are percent)
 DEFAULT_SEED = 0
+DEFAULT_MIN_TEST_GROUPS = metrics_lib.MIN_TEST_GROUPS  # fewer: no verdict
 LEVEL = 0.95
 ALPHA = 0.05
 
@@ -56,11 +57,8 @@ def resample_indices(ids: np.ndarray, groups: np.ndarray, resamples: int,
   a group of its own. Seeded by `seed` and the sorted ids, so the draws do not
   depend on the order the examples are stored in.
   """
-  groups = np.asarray(groups).astype(str)
   n = len(groups)
-  own = np.char.add("\x00", np.asarray(ids).astype(str))  # never equal to a patient id
-  keys = np.where(groups == "", own, groups)
-  unique, inverse = np.unique(keys, return_inverse=True)
+  unique, inverse = np.unique(_group_keys(ids, groups), return_inverse=True)
   rng = np.random.default_rng([seed, _stable_hash(ids)])
   drawn = rng.integers(0, len(unique), size=(resamples, len(unique)))
   if len(unique) == n:  # every example its own group: plain example resampling
@@ -68,6 +66,18 @@ def resample_indices(ids: np.ndarray, groups: np.ndarray, resamples: int,
     return list(order[drawn])
   members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
   return [np.concatenate([members[g] for g in row]) for row in drawn]
+
+
+def _group_keys(ids: np.ndarray, groups: np.ndarray) -> np.ndarray:
+  """Each example's resampling unit: its patient id, or its own id where it has none."""
+  groups = np.asarray(groups).astype(str)
+  own = np.char.add("\x00", np.asarray(ids).astype(str))  # never equal to a patient id
+  return np.where(groups == "", own, groups)
+
+
+def group_count(ids: np.ndarray, groups: np.ndarray) -> int:
+  """How many units the bootstrap draws from: patients, plus examples without one."""
+  return len(np.unique(_group_keys(ids, groups)))
 
 
 def _stable_hash(ids: np.ndarray) -> int:

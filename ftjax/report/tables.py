@@ -10,7 +10,7 @@ import math
 
 from ftjax import paper_results
 from ftjax.report import compare
-from ftjax.report.collect import Cells, Study
+from ftjax.report.collect import Cells, Key, Study
 
 STRATEGY_NAMES = {
     "ft": "Full Fine-tuning (FT)", "lp": "Linear Probing (LP)",
@@ -90,6 +90,31 @@ def fmt_mean_se(cell: tuple[float, float] | None) -> str:
   return f"{mean:.2f} ± {se:.2f}" if not math.isnan(se) else f"{mean:.2f} (n=1)"
 
 
+def fmt_cell(study: Study, key: Key, metric: str) -> str:
+  """A cell's mean ± s.e.; "n=2 of 3" where the mean lacks some of the cell's seeds."""
+  dataset, arch, strategy = key
+  cell = study.cells[dataset].get(arch, {}).get(strategy, {}).get(metric)
+  missing, total = study.missing(key, metric), len(study.seeds.get(key, []))
+  if cell is None or not missing:
+    return fmt_mean_se(cell)
+  mean, se = cell
+  spread = f" ± {se:.2f}" if not math.isnan(se) else ""
+  return f"{mean:.2f}{spread} (n={total - len(missing)} of {total})"
+
+
+def missing_note(study: Study, dataset: str, metrics) -> str:
+  """The seeds each mean of the dataset's table lacks ('' when none lacks any)."""
+  parts = []
+  for (d, arch, strategy), by_metric in sorted(study.missing_by_cell().items()):
+    for metric in metrics:
+      if d == dataset and metric in by_metric:
+        seeds = ", ".join(map(str, by_metric[metric]))
+        parts.append(f"{name(STRATEGY_NAMES, strategy)}, {name(ARCH_NAMES, arch)} "
+                     f"{name(METRIC_NAMES, metric)}: seed {seeds}")
+  return (" Means over fewer seeds (no value in the missing seeds' results.json): "
+          + "; ".join(parts) + ".") if parts else ""
+
+
 def ordered(values, order) -> list[str]:
   """`values` in `order` first, the rest sorted after."""
   values = list(values)
@@ -125,7 +150,7 @@ def dataset_table(study: Study, dataset: str) -> Table:
     for a in archs:
       for m in metrics:
         v = value(a, s, m)
-        row.append(Cell(fmt_mean_se(cells[dataset][a].get(s, {}).get(m)),
+        row.append(Cell(fmt_cell(study, (dataset, a, s), m),
                         bold=v == col_best[(a, m)], underline=v == all_best[m]))
     rows.append(row)
   number = _paper_table_number(dataset)
@@ -133,7 +158,8 @@ def dataset_table(study: Study, dataset: str) -> Table:
            else f"{name(DATASET_NAMES, dataset)}")
   return Table(f"table_{dataset}", title + " (test, mean ± standard error over seeds, %)",
                header, rows, "Learning rate per cell selected on validation (see the lr "
-               "table). Bold: best in column; underlined: best over all architectures.")
+               "table). Bold: best in column; underlined: best over all architectures."
+               + missing_note(study, dataset, metrics))
 
 
 def _paper_table_number(dataset: str) -> int | None:
@@ -159,19 +185,23 @@ def paper_comparison_table(study: Study, dataset: str) -> Table | None:
       for m in metrics:
         paper = paper_results.paper_value(dataset, a, s, m)
         ours = study.cells.get(dataset, {}).get(a, {}).get(s, {}).get(m)
-        ours_text = "–" if ours is None else f"{ours[0]:.2f}"
+        missing = study.missing((dataset, a, s), m) if ours is not None else []
+        total = len(study.seeds.get((dataset, a, s), []))
+        ours_text = "–" if ours is None else f"{ours[0]:.2f}" + (
+            f" (n={total - len(missing)} of {total})" if missing else "")
         if paper is None:  # a strategy the paper did not run
           row.append(Cell(f"{ours_text} / –"))
         elif ours is None:
           row.append(Cell(f"– / {paper[0]:.2f}"))
         else:
-          row.append(Cell(f"{ours[0]:.2f} / {paper[0]:.2f} ({ours[0] - paper[0]:+.2f})"))
+          row.append(Cell(f"{ours_text} / {paper[0]:.2f} ({ours[0] - paper[0]:+.2f})"))
     rows.append(row)
   return Table(f"paper_{dataset}",
                f"Table {paper_results.table_number(dataset)} vs paper: "
                f"{name(DATASET_NAMES, dataset)} (ftjax / paper (difference), %)",
                header, rows, "'–': no ftjax result for this cell yet, or no "
-               "published value (strategies beyond the paper).")
+               "published value (strategies beyond the paper)."
+               + missing_note(study, dataset, metrics))
 
 
 def long_rows(study: Study) -> list[dict[str, object]]:
@@ -185,7 +215,10 @@ def long_rows(study: Study) -> list[dict[str, object]]:
           paper = paper_results.paper_value(dataset, arch, strategy, metric)
           rows.append({
               "dataset": dataset, "arch": arch, "strategy": strategy, "metric": metric,
-              "lr": study.selections[key].lr, "seeds": " ".join(map(str, study.seeds[key])),
+              "lr": study.selections[key].lr,
+              # the seeds this mean is over, and the cell's seeds it lacks
+              "seeds": " ".join(map(str, study.metric_seeds[key][metric])),
+              "missing_seeds": " ".join(map(str, study.missing(key, metric))),
               "mean": mean, "se": se,
               "paper_mean": paper[0] if paper else "", "paper_se": paper[1] if paper else "",
               "diff": mean - paper[0] if paper else ""})

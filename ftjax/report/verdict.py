@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from ftjax import evaluation
+from ftjax.engine import evaluation
 from ftjax import run as run_lib
 from ftjax.report import stats, tables
 from ftjax.report.collect import Key, Record, Study
@@ -53,6 +53,16 @@ class Verdict:
   lacking: dict[Key, str]  # cell -> why it has no interval
   # (key, seed) -> metric -> (value on the whole test set, value on each resample)
   samples: dict[tuple[Key, int], dict[str, tuple[float, np.ndarray]]]
+  min_groups: int = stats.DEFAULT_MIN_TEST_GROUPS
+  # dataset -> its number of test groups, where below min_groups (no verdict there)
+  too_few: dict[str, int] = dataclasses.field(default_factory=dict)
+
+  def too_few_text(self, dataset: str) -> str:
+    """'too few test patients (N) for a verdict'; '' where there are enough."""
+    if dataset not in self.too_few:
+      return ""
+    unit = "patients" if self.unit.get(dataset) == "patients" else "images"
+    return f"too few test {unit} ({self.too_few[dataset]}) for a verdict"
 
   def difference(self, key: Key, other: Key, metric: str) -> stats.Difference | None:
     """key - other over the seeds both have (same seed, same test examples)."""
@@ -89,9 +99,11 @@ def load_test(run: Record) -> dict[str, np.ndarray] | str:
 
 
 def analyse(study: Study, *, resamples: int = stats.DEFAULT_RESAMPLES,
-            rope: float = stats.DEFAULT_ROPE, seed: int = stats.DEFAULT_SEED) -> Verdict:
-  """Intervals of every cell's two main metrics; one set of resamples per dataset."""
-  verdict = Verdict(resamples, rope, seed, {}, {}, {}, {})
+            rope: float = stats.DEFAULT_ROPE, seed: int = stats.DEFAULT_SEED,
+            min_groups: int = stats.DEFAULT_MIN_TEST_GROUPS) -> Verdict:
+  """Intervals of every cell's two main metrics; one set of resamples per dataset.
+  A dataset with fewer than `min_groups` test groups gets none (`Verdict.too_few`)."""
+  verdict = Verdict(resamples, rope, seed, {}, {}, {}, {}, min_groups)
   for dataset in study.cells:
     metrics = study.main_metrics[dataset][:2]
     reference, indices = None, None
@@ -103,10 +115,18 @@ def analyse(study: Study, *, resamples: int = stats.DEFAULT_RESAMPLES,
         continue
       if reference is None:
         reference = loaded[0][1]
-        indices = stats.resample_indices(reference["ids"], reference["groups"], resamples,
-                                         seed)
         verdict.unit[dataset] = ("patients" if (reference["groups"] != "").any()
                                  else "examples")
+        count = stats.group_count(reference["ids"], reference["groups"])
+        if count < min_groups:
+          verdict.too_few[dataset] = count
+        else:
+          indices = stats.resample_indices(reference["ids"], reference["groups"],
+                                           resamples, seed)
+      if dataset in verdict.too_few:
+        verdict.lacking[key] = (f"{verdict.too_few_text(dataset)} (at least {min_groups}; "
+                                f"report --min_test_groups)")
+        continue
       if any(not np.array_equal(p["ids"], reference["ids"]) for _, p in loaded):
         verdict.lacking[key] = "its test examples differ from the dataset's other runs"
         continue
@@ -161,7 +181,8 @@ def interval_table(study: Study, verdict: Verdict, dataset: str) -> tables.Table
       f"s.e. over seeds and 95% bootstrap interval (%)", header, rows,
       f"Interval: {verdict.resamples} resamples of the test {unit} (seed {verdict.seed}), "
       f"percentile method, statistic = mean over seeds. No interval: the cell's runs "
-      f"saved no predictions.")
+      f"saved no predictions, or the test split has fewer than {verdict.min_groups} "
+      f"{'patients' if unit == 'patients' else 'images'}.")
 
 
 def difference_table(study: Study, verdict: Verdict, dataset: str) -> tables.Table | None:
@@ -169,7 +190,7 @@ def difference_table(study: Study, verdict: Verdict, dataset: str) -> tables.Tab
   metrics = study.main_metrics[dataset][:2]
   archs = tables.archs_of(study.cells, dataset)
   strategies = [s for s in tables.strategies_of(study.cells, dataset) if s != BASELINE]
-  if not strategies:
+  if not strategies or dataset in verdict.too_few:
     return None
   header = ["Method"] + [f"{tables.name(tables.ARCH_NAMES, a)} "
                          f"{tables.name(tables.METRIC_NAMES, m)}" for a in archs
@@ -218,7 +239,9 @@ def as_json(study: Study, verdict: Verdict) -> dict:
         vs_ft.setdefault("/".join((dataset, arch, strategy)), {})[metric] = \
             dataclasses.asdict(d)
   return {"bootstrap": {"resamples": verdict.resamples, "seed": verdict.seed,
-                        "rope": verdict.rope, "unit": verdict.unit},
+                        "rope": verdict.rope, "unit": verdict.unit,
+                        "min_test_groups": verdict.min_groups,
+                        "too_few_test_groups": verdict.too_few},
           "intervals": {"/".join(k): v for k, v in verdict.intervals.items()},
           "vs_ft": vs_ft, "lacking_intervals": {"/".join(k): why
                                                 for k, why in verdict.lacking.items()}}
@@ -245,25 +268,71 @@ def chosen_on_validation(study: Study, dataset: str) -> Key:
              else round(value(k), 12))
 
 
+def _who(arch: str, strategy: str) -> str:
+  return (f"**{tables.name(tables.STRATEGY_NAMES, strategy)}** with "
+          f"{tables.name(tables.ARCH_NAMES, arch)}")
+
+
+def best_on_test(study: Study, dataset: str) -> Key:
+  """The cell with the highest mean test main metric (ties: the table order)."""
+  metric = study.main_metrics[dataset][0]
+  cells = [(dataset, a, s) for a in tables.ordered(study.cells[dataset],
+                                                   tuple(tables.ARCH_NAMES))
+           for s in tables.strategies_of(study.cells, dataset)
+           if metric in study.cells[dataset][a].get(s, {})]
+  value = lambda k: study.cells[dataset][k[1]][k[2]][metric][0]
+  return max(cells, key=lambda k: -math.inf if math.isnan(value(k)) else value(k))
+
+
+def disagreement(study: Study, verdict: Verdict, dataset: str, chosen: Key) -> str:
+  """'' when the validation choice is also the best on test; else the sentence that
+  says which cell test favours and how sure that is, for the recommendation's start."""
+  best = best_on_test(study, dataset)
+  metric = study.main_metrics[dataset][0]
+  test = lambda k: study.cells[dataset][k[1]][k[2]][metric][0]
+  if best == chosen or not test(best) > test(chosen):
+    return ""
+  text = (f"**validation and test disagree**: validation picks {_who(*chosen[1:])} "
+          f"(test {test(chosen):.2f}%), test favours {_who(*best[1:])} "
+          f"(test {test(best):.2f}%)")
+  d = verdict.difference(best, chosen, metric)
+  if d is not None:
+    return text + f", paired difference {fmt_difference(d)}. "
+  why = verdict.too_few_text(dataset) or "no paired interval"
+  return text + f" ({why}, so not a call either way). "
+
+
 def recommend(study: Study, verdict: Verdict, dataset: str) -> str:
   """One paragraph a clinician-researcher can read."""
   key = chosen_on_validation(study, dataset)
   _, arch, strategy = key
   metric = study.main_metrics[dataset][0]
   metric_name = tables.name(tables.METRIC_NAMES, metric)
-  who = (f"**{tables.name(tables.STRATEGY_NAMES, strategy)}** with "
-         f"{tables.name(tables.ARCH_NAMES, arch)}")
   interval = verdict.intervals.get(key, {}).get(metric)
   mean, se = study.cells[dataset][arch][strategy][metric]
   seeds = len(study.seeds[key])
-  text = (f"{tables.name(tables.DATASET_NAMES, dataset)}: chosen on validation, {who}. "
-          f"Its test {metric_name} is {mean:.2f}% (± {se:.2f} s.e. over {seeds} seed(s))")
+  lead = disagreement(study, verdict, dataset, key)  # first, where test disagrees
+  text = (f"{tables.name(tables.DATASET_NAMES, dataset)}: "
+          f"{lead}{'Chosen' if lead else 'chosen'} on validation, "
+          f"{_who(arch, strategy)}. Its test {metric_name} is {mean:.2f}% (± {se:.2f} s.e. "
+          f"over {seeds} seed(s))")
+  if dataset in verdict.too_few:
+    return text + (f"; {verdict.too_few_text(dataset)}: no interval and no win/tie/loss "
+                   f"call (at least {verdict.min_groups} are needed; "
+                   f"report --min_test_groups sets it).")
   if interval is None:
     return text + (". No interval: its runs saved no test predictions, so how sure this "
                    "is cannot be said beyond the spread over seeds.")
   text += (f", 95% interval {interval[1]:.2f}–{interval[2]:.2f}% from "
            f"{verdict.resamples} resamples of the test {verdict.unit[dataset]}.")
-  same, worse, better = [], [], []
+  return text + _others(study, verdict, key)
+
+
+def _others(study: Study, verdict: Verdict, key: Key) -> str:
+  """The other strategies on the chosen architecture: as good, worse, better."""
+  dataset, arch, strategy = key
+  metric = study.main_metrics[dataset][0]
+  text, same, worse, better = "", [], [], []
   for other in tables.strategies_of(study.cells, dataset):
     if other == strategy:
       continue

@@ -2,8 +2,13 @@
 
 from ftjax.strategies.registry import markdown_table, option_docs
 
-if __name__ == "__main__":
+def cli() -> None:
+  """The console script's entry point (pyproject.toml); also `python -m`."""
   print(markdown_table())
   print("Options:\n")
   for name, doc in option_docs().items():
     print(f"- `{name}`: {doc}")
+
+
+if __name__ == "__main__":
+  cli()

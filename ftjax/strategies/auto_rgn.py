@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,8 @@ from ftjax.strategies.base import Built, Definition, SharedOptions, option
 from ftjax.strategies.partition import bn_mask
 
 Params = Mapping[str, Any]
+# (trainable module names) -> grad_fn(params, batch_stats, batch, key) -> (aux, grads)
+GradFnOf = Callable[[frozenset], Callable]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,15 +126,13 @@ def rgn_weights(grads_list: Sequence[Params], params: Params,
 # ----------------------------------------------------------------------- probe
 
 
-def _probe_parts(model, *, loss: str, rgn_bn: str, bn_mode: str, compute_dtype: Any):
+def _probe_parts(grad_fn_of: GradFnOf, *, rgn_bn: str):
   """(ratios(state, batch, key), finish(total, state, count)) of the probe."""
-  from ftjax import step  # the train step's gradient (step imports the strategies)
   if rgn_bn not in ("exclude", "include"):
     raise ValueError(f"rgn_bn must be 'exclude' or 'include', got {rgn_bn!r}.")
 
   def ratios(state, batch, key):
-    grad_fn = step.make_grad_fn(model, frozenset(state.params), loss=loss, bn_mode=bn_mode,
-                                compute_dtype=compute_dtype)
+    grad_fn = grad_fn_of(frozenset(state.params))
     _, grads = grad_fn(state.params, state.batch_stats, batch, key)
     return rgn_ratios(grads, state.params)
 
@@ -160,20 +160,21 @@ def _tree_add(a: Any, b: Any) -> Any:
   return jax.tree_util.tree_map(jnp.add, a, b)
 
 
-def probe_fn(model, *, loss: str = "softmax", rgn_bn: str = "exclude",
-             bn_mode: str = "train", compute_dtype: Any = None):
+def probe_fn(grad_fn_of: GradFnOf, *, rgn_bn: str = "exclude"):
   """The probe of `make_probe` as one traceable `(state, batches, rng) -> weights`
   (for `jax.vmap` over runs). The minibatch loop is unrolled: XLA's CPU backend
   runs convolutions inside a while loop several times slower."""
-  ratios, finish = _probe_parts(model, loss=loss, rgn_bn=rgn_bn, bn_mode=bn_mode,
-                                compute_dtype=compute_dtype)
+  ratios, finish = _probe_parts(grad_fn_of, rgn_bn=rgn_bn)
   return functools.partial(_run_probe, ratios, _tree_add, finish)
 
 
-def make_probe(model, *, loss: str = "softmax", rgn_bn: str = "exclude",
-               bn_mode: str = "train", compute_dtype: Any = None,
+def make_probe(grad_fn_of: GradFnOf, *, rgn_bn: str = "exclude",
                compiler_options: dict[str, Any] | None = None):
   """A `(state, batches, rng=None) -> weights` (paper eq. 4).
+
+  grad_fn_of: `(trainable names) -> grad_fn`, the train step's own gradient
+  (`ftjax.step.grad_fn_factory`), so the probe sees the loss, BatchNorm mode and
+  compute dtype the run trains with.
 
   batches: a batch dict whose arrays have a leading axis of `rgn_batches`
   minibatches (the epoch's first ones). For each minibatch the gradient of
@@ -185,8 +186,7 @@ def make_probe(model, *, loss: str = "softmax", rgn_bn: str = "exclude",
   weights tree (log it: it is the per-layer RGN plot). One jitted gradient
   call per minibatch (compiled once), summed on the device: no host round trip.
   """
-  ratios, finish = _probe_parts(model, loss=loss, rgn_bn=rgn_bn, bn_mode=bn_mode,
-                                compute_dtype=compute_dtype)
+  ratios, finish = _probe_parts(grad_fn_of, rgn_bn=rgn_bn)
   probe = functools.partial(_run_probe, jax.jit(ratios, compiler_options=compiler_options),
                             jax.jit(_tree_add), jax.jit(finish, static_argnums=(2,)))
 
@@ -218,14 +218,12 @@ class EpochStart:
       return start_epoch(state, strategy.transform, weights), weights
     return start
 
-  def jitted(self, model, strategy, *, loss: str, compute_dtype: Any):
-    probe = self.batches and make_probe(model, loss=loss, rgn_bn=self.bn,
-                                        bn_mode=strategy.bn_mode, compute_dtype=compute_dtype)
+  def jitted(self, grad_fn_of: GradFnOf, strategy):
+    probe = self.batches and make_probe(grad_fn_of, rgn_bn=self.bn)
     return self._start(probe or None, strategy)
 
-  def traceable(self, model, strategy, *, loss: str, compute_dtype: Any):
-    probe = self.batches and probe_fn(model, loss=loss, rgn_bn=self.bn,
-                                      bn_mode=strategy.bn_mode, compute_dtype=compute_dtype)
+  def traceable(self, grad_fn_of: GradFnOf, strategy):
+    probe = self.batches and probe_fn(grad_fn_of, rgn_bn=self.bn)
     return self._start(probe or None, strategy)
 
 

@@ -74,11 +74,13 @@ class EpochStart(Protocol):
   batches: int
   log_name: str
 
-  def jitted(self, model, strategy: "Strategy", *, loss: str, compute_dtype: Any
+  def jitted(self, grad_fn_of: Callable, strategy: "Strategy"
              ) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
-    """`(state, batches, key) -> (state, log)` for one run, compiled in pieces."""
+    """`(state, batches, key) -> (state, log)` for one run, compiled in pieces.
+    grad_fn_of: `(trainable names) -> grad_fn`, the train step's gradient
+    (`ftjax.step.grad_fn_factory`): a hook needs no import of the step."""
 
-  def traceable(self, model, strategy: "Strategy", *, loss: str, compute_dtype: Any
+  def traceable(self, grad_fn_of: Callable, strategy: "Strategy"
                 ) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
     """The same as one traceable function (for `jax.vmap` over runs)."""
 
@@ -104,6 +106,9 @@ class Definition:
   options: type = SharedOptions
   build: Callable[[Arch, Any], Built] = None  # type: ignore[assignment]
   uses_lr: bool = True  # False: training-free (the sweep runs it once per seed)
+  # The options that set how long the plan's phases last (named when a plan does
+  # not fit in config.num_epochs).
+  plan_options: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,14 +48,18 @@ DEFINITIONS = (
     Definition("g_lf", "the head, then one more block every `unfreeze_every` epochs "
                "from the last", GradualOptions,
                _adam(lambda arch, o: schedules.gradual(arch, "last_first",
-                                                       int(o.unfreeze_every)))),
+                                                       int(o.unfreeze_every))),
+               plan_options=("unfreeze_every",)),
     Definition("g_fl", "the head, then one more block every `unfreeze_every` epochs "
                "from the first", GradualOptions,
                _adam(lambda arch, o: schedules.gradual(arch, "first_last",
-                                                       int(o.unfreeze_every)))),
+                                                       int(o.unfreeze_every))),
+               plan_options=("unfreeze_every",)),
     Definition("lp_ft", "the head for `lp_epochs`, then all modules", LpFtOptions,
-               _adam(lambda arch, o: schedules.head_then_all(arch, int(o.lp_epochs)))),
+               _adam(lambda arch, o: schedules.head_then_all(arch, int(o.lp_epochs))),
+               plan_options=("lp_epochs",)),
     Definition("scheduled", "the plan of option `phases`: which modules train in which "
                "epochs", ScheduledOptions,
-               _adam(lambda arch, o: schedules.parse(arch, o.phases))),
+               _adam(lambda arch, o: schedules.parse(arch, o.phases)),
+               plan_options=("phases",)),
 )

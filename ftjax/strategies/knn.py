@@ -12,13 +12,13 @@ other choice.
 Probabilities are scikit-learn's `KNeighborsClassifier(weights='uniform')`
 `predict_proba`: the fraction of the k neighbours in each class, and per
 label (the fraction of neighbours carrying it) for multi-label datasets. The
-features are those `ftjax.features` caches (the head's input, eval mode).
+features are those `ftjax.engine.features` caches (the head's input, eval mode).
 The search runs in JAX over chunks of queries and of the support set, so
 memory stays at one chunk of distances whatever the split sizes.
 
 The `fit` hook is a `KNN`: `KNN.fit(features, labels, num_classes=, multilabel=)`
 returns a predictor with `predict_proba(features) -> float64 [N, C]`;
-`ftjax.fit` runs it where a trained strategy runs its epochs.
+`ftjax.engine.fit` runs it where a trained strategy runs its epochs.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def _build(arch, options: Options) -> Built:
   del arch
   if int(options.knn_k) != options.knn_k:
     raise ValueError(f"knn_k must be a whole number, got {options.knn_k!r}.")
-  # Nothing trains: the transform and plan are never run (ftjax.fit takes the run).
+  # Nothing trains: the transform and plan are never run (ftjax.engine.fit takes the run).
   return Built(lambda learning_rate: optax.set_to_zero(), schedules.single({HEAD}),
                fit=KNN(int(options.knn_k), options.knn_metric))
 

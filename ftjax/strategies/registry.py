@@ -104,6 +104,32 @@ def get_strategy(name: str, arch: str | Arch,
                   **{hook: getattr(built, hook) for hook in HOOKS})
 
 
+def check_plan(name: str, plan, num_epochs: int, options: Any = None) -> str | None:
+  """ValueError when `num_epochs` never lets strategy `name` leave its plan's first
+  phase (LP-FT with num_epochs <= lp_epochs trains only the head, which is LP); the
+  note to print when the plan stops before its last phase (gradual unfreezing cut
+  short), else None. The error names the options that set the phase lengths."""
+  if len(plan.phases) < 2:
+    return None
+  first, start = plan.phases[0].epochs, plan.last_phase_start
+  names = _definition(name).plan_options
+  given = "".join(f"; strategy_options.{o}={getattr(options, o)!r}"
+                  for o in names if hasattr(options, o))
+  if num_epochs <= first:
+    flags = " / ".join(f"--config.strategy_options.{o}" for o in names) or "its options"
+    raise ValueError(
+        f"strategy {name}: config.num_epochs={num_epochs} ends within the plan's first "
+        f"phase ({first} epoch(s) training only "
+        f"{', '.join(sorted(plan.phases[0].trainable))}{given}), so {name} would never "
+        f"get past it. Set --config.num_epochs above {first}, or shorten the phase with "
+        f"{flags}.")
+  if num_epochs <= start:
+    return (f"strategy {name}: config.num_epochs={num_epochs} stops before the plan's last "
+            f"phase (from epoch {start + 1}{given}): what it unfreezes from then on "
+            f"never trains.")
+  return None
+
+
 def markdown_table() -> str:
   """The README's strategy table, from the definitions and their options' defaults."""
   lines = ["| strategy | what trains | options (`strategy_options.*`, defaults) |",

@@ -116,12 +116,12 @@ class CaptureLpSolution:
   batches: int = 0
   log_name: str = "wise_ft"
 
-  def jitted(self, model, strategy, *, loss: str, compute_dtype: Any):
-    del model, strategy, loss, compute_dtype
+  def jitted(self, grad_fn_of, strategy):
+    del grad_fn_of, strategy
     return jax.jit(_capture(self.lp_epochs), donate_argnums=(0,))
 
-  def traceable(self, model, strategy, *, loss: str, compute_dtype: Any):
-    del model, strategy, loss, compute_dtype
+  def traceable(self, grad_fn_of, strategy):
+    del grad_fn_of, strategy
     return _capture(self.lp_epochs)
 
 
@@ -190,5 +190,6 @@ def _build(arch, options: Options) -> Built:
 
 DEFINITIONS = (
     Definition("wise_ft", "LP-FT, then the weight-space mix (1 - alpha) LP + alpha FT "
-               "with alpha chosen on validation from `wise_alphas`", Options, _build),
+               "with alpha chosen on validation from `wise_alphas`", Options, _build,
+               plan_options=("lp_epochs",)),
 )

@@ -23,10 +23,10 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from ftjax import checkpoints, evaluation
+from ftjax.engine import checkpoints, evaluation
 from ftjax import run as run_lib
 from ftjax.data.prepared import dataset_options
-from ftjax.experiment import Experiment, check_metric
+from ftjax.engine.experiment import Experiment, check_metric
 from ftjax.logging_utils import MetricWriter
 
 
@@ -43,7 +43,7 @@ class Preempted(BaseException):
   """
 
 
-# Set by `request_stop` (a cluster job's signal handler, ftjax.launch); read by
+# Set by `request_stop` (a cluster job's signal handler, ftjax.sweep.slurm); read by
 # run_epochs after each epoch's checkpoint.
 stop_requested = threading.Event()
 

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 from typing import Any
 
 import jax
@@ -19,12 +20,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ftjax import evaluation, metrics, step
+from ftjax import metrics, step
+from ftjax.engine import evaluation
 from ftjax.data import DataError, pipeline
 from ftjax.data.prepared import dataset_options, prepared_builder
 from ftjax.models import init_variables, load_pretrained, registry
 from ftjax.strategies import get_strategy
-from ftjax.strategies.registry import Strategy
+from ftjax.strategies.registry import Strategy, check_plan
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 INITS = ("pretrained", "random")
@@ -34,6 +36,21 @@ def check_metric(metric: str) -> None:
   if metric != "loss" and metric not in metrics.METRICS:
     raise ValueError(f"early_stopping_metric must be 'loss' or a metric name, got "
                      f"{metric!r}.")
+
+
+DEFAULT_CROP = 224  # configs/base.py: the paper's crop
+
+
+def fit_crop(config: ml_collections.ConfigDict) -> None:
+  """Data prepared smaller than the default crop (prepare --resize 32) is cropped at
+  its own size: config.crop follows config.resize, said on stderr. A crop the user
+  set (any other than the default) is left for check_config to refuse."""
+  if (isinstance(config.resize, int) and isinstance(config.crop, int)
+      and 0 < config.resize < config.crop == DEFAULT_CROP):
+    print(f"config.crop: {config.resize}, the prepared size (config.resize), as it is "
+          f"smaller than the default crop {DEFAULT_CROP}; set --config.crop to choose "
+          f"another.", file=sys.stderr)
+    config.crop = config.resize
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -51,7 +68,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config[field], int) or config[field] < 0:
       refuse(field, "an integer >= 0")
   if 0 < config.resize < config.crop:
-    refuse("resize", f"0 (the architecture's) or at least config.crop ({config.crop})")
+    raise ValueError(f"config.crop ({config.crop}) is larger than the prepared images "
+                     f"(config.resize={config.resize}): set --config.crop={config.resize} "
+                     f"or smaller, or prepare the data with --resize {config.crop} or more.")
   patch = config.arch in registry.ARCHS and registry.patch_size(config.arch)
   if patch and config.crop % patch:
     refuse("crop", f"a multiple of {config.arch}'s patch size {patch} (e.g. "
@@ -114,11 +133,16 @@ def recorded_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def load(config: ml_collections.ConfigDict) -> Experiment:
-  """Checks the config and opens its prepared data; writes nothing."""
+  """Checks the config (its crop fitted to small prepared data, `fit_crop`) and opens
+  its prepared data; writes nothing."""
+  fit_crop(config)
   check_config(config)
   arch = registry.get_arch(config.arch)
   strategy = get_strategy(config.strategy, arch,
                           {**config.strategy_options.to_dict(), "lr": config.lr})
+  note = check_plan(config.strategy, strategy.plan, config.num_epochs, strategy.options)
+  if note:
+    print(note, file=sys.stderr)
   info, builder = prepared_builder(config, arch)
   sources = {split: builder.as_data_source(split) for split in ("train", "validation", "test")}
   return Experiment(config, arch, strategy, info, builder, sources,

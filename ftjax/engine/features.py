@@ -49,7 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from ftjax import evaluation, step
+from ftjax import step
+from ftjax.engine import evaluation
 from ftjax import run as run_lib
 from ftjax.data import pipeline
 from ftjax.models import registry

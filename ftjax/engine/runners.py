@@ -5,7 +5,7 @@ shuffled loader, data-parallel over the devices, after the strategy's
 epoch-start hook (Auto-RGN's probe and fresh Adam) when it has one.
 `CachedFeatureRunner` trains an LP epoch as one compiled scan over the
 backbone's cached features and validates on them. The vmapped group runner is
-`ftjax.multirun.GroupRunner`.
+`ftjax.engine.group.GroupRunner`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax import distributed, experiment, features, loop, step
-from ftjax.experiment import Experiment, model_variables
+from ftjax import distributed, step
+from ftjax.engine import experiment, features, loop
+from ftjax.engine.experiment import Experiment, model_variables
 
 
 class StepRunner:
@@ -48,8 +49,9 @@ class StepRunner:
     weights from them, then a fresh Adam); returns the state and the hook's log."""
     exp, hook = self.exp, self.exp.strategy.epoch_start
     if self._epoch_start is None:
-      self._epoch_start = hook.jitted(exp.model, exp.strategy, loss=exp.loss_name,
-                                      compute_dtype=exp.compute_dtype)
+      self._epoch_start = hook.jitted(step.grad_fn_factory(
+          exp.model, loss=exp.loss_name, bn_mode=exp.strategy.bn_mode,
+          compute_dtype=exp.compute_dtype), exp.strategy)
     batches = self.parallel.shard_stacked(experiment.stack_batches(first)) if first else None
     state, log = self._epoch_start(state, batches, jax.random.fold_in(self.probe_rng, epoch))
     # On the host now: the train steps donate the state the log may be part of.

@@ -25,10 +25,11 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from ftjax import evaluation, features, loop, metrics
+from ftjax import metrics
+from ftjax.engine import evaluation, features, loop
 from ftjax import run as run_lib
 from ftjax.data import pipeline
-from ftjax.experiment import Experiment
+from ftjax.engine.experiment import Experiment
 
 EVALUATED = ("test", "validation")
 _EPS = np.finfo(np.float64).eps

@@ -16,7 +16,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from ftjax import distributed, experiment, features, fit, loop, runners, step
+from ftjax import distributed, step
+from ftjax.engine import experiment, features, fit, loop, runners
 from ftjax import run as run_lib
 
 

@@ -6,7 +6,7 @@
 run on a login node, lists every run's status and submits the runs that are
 neither finished, nor running, nor queued, as one job array (one array task per
 run; `--dry_run` prints the sbatch script instead). Each task is `RunTask`: the
-local sweep's own path for one run (`sweep.run_sweep` on that one run, in
+local sweep's own path for one run (`local.run_sweep` on that one run, in
 process), so it writes the same run directory, takes the same lock and records
 failures and divergence the same way.
 
@@ -22,6 +22,11 @@ the run to stop after its current epoch and that epoch's checkpoint
 task resumes from the checkpoint to the result an uninterrupted run gets. A job
 killed before the epoch ends (its grace time was shorter than an epoch) resumes
 from the epoch before, to the same result.
+
+Before anything is listed or submitted, every `slurm` field that reaches the sbatch
+script, and the workdir whose path names the job and its logs, is checked
+(ftjax.sweep.slurm_options): a line break in a value, an unknown sbatch flag name, a
+non-positive number is one `error:` line.
 
 `launcher = "submitit_local"` runs the same tasks as local processes through
 submitit's LocalExecutor (to try the path without a cluster; the tests do).
@@ -45,10 +50,13 @@ import ml_collections
 from ml_collections import config_dict
 import submitit
 
-from ftjax import compile_cache, loop, sweep
+from ftjax import compile_cache
+from ftjax.engine import loop
 from ftjax import run as run_lib
+from ftjax.sweep import local, plan
+from ftjax.sweep.slurm_options import LaunchError, SlurmOptions, check_text
 
-LAUNCHERS = sweep.LAUNCHERS
+LAUNCHERS = plan.LAUNCHERS
 SUBMITIT_DIR = ".submitit"  # submitit's pickles and job logs, inside the sweep workdir
 SUBMITTED_NAME = "submitted.json"  # run name -> the job that was submitted for it
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # plus submitit's own (SIGUSR2)
@@ -78,57 +86,6 @@ def add_cluster_fields(config: ml_collections.ConfigDict) -> ml_collections.Conf
   return config
 
 
-@dataclasses.dataclass(frozen=True)
-class SlurmOptions:
-  """What each array task asks SLURM for."""
-  partition: str | None = None
-  account: str | None = None
-  qos: str | None = None
-  gpus_per_task: int = 1
-  cpus_per_task: int = 8
-  mem_gb: float = 32
-  timeout_min: int = 240
-  array_parallelism: int = 64
-  max_requeues: int = 3
-  additional: str = ""
-
-  @classmethod
-  def from_config(cls, sweep_config: ml_collections.ConfigDict) -> "SlurmOptions":
-    given = dict(sweep_config.get("slurm", None) or {})
-    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-      raise LaunchError(f"config.slurm: unknown field(s) {unknown}; known: "
-                       f"{[f.name for f in dataclasses.fields(cls)]}.")
-    return cls(**{k: v for k, v in given.items() if v is not None})
-
-  def sbatch_parameters(self, job_name: str) -> dict[str, Any]:
-    """submitit's SlurmExecutor parameters (the names of its `update_parameters`)."""
-    params: dict[str, Any] = {
-        "job_name": job_name, "time": int(self.timeout_min),
-        "cpus_per_task": int(self.cpus_per_task), "mem": f"{int(self.mem_gb)}GB",
-        "array_parallelism": int(self.array_parallelism), "ntasks_per_node": 1,
-        "additional_parameters": self.additional_sbatch()}
-    if self.gpus_per_task:
-      params["gpus_per_task"] = int(self.gpus_per_task)
-    for name in ("partition", "account", "qos"):
-      if getattr(self, name):
-        params[name] = getattr(self, name)
-    return params
-
-  def additional_sbatch(self) -> dict[str, str]:
-    pairs = [p.strip() for p in self.additional.split(",") if p.strip()]
-    bad = [p for p in pairs if "=" not in p]
-    if bad:
-      raise LaunchError(f"config.slurm.additional: {bad} is not name=value; write e.g. "
-                       f"'constraint=a100,mail-type=END'.")
-    return dict(p.split("=", 1) for p in pairs)
-
-
-class LaunchError(RuntimeError):
-  """The launcher cannot go on (no squeue, an unreadable record, a bad setting); the
-  message names the fix."""
-
-
 # --- The array task -----------------------------------------------------------------
 
 
@@ -143,25 +100,25 @@ class RunTask(submitit.helpers.Checkpointable):
 
   def __init__(self, sweep_config: ml_collections.ConfigDict, workdir: str,
                retry_diverged: bool = False, retry_failed: bool = False,
-               max_attempts: int = sweep.MAX_ATTEMPTS):
+               max_attempts: int = plan.MAX_ATTEMPTS):
     self.sweep_config = sweep_config
     self.workdir = workdir
     self.retry = dict(retry_diverged=retry_diverged, retry_failed=retry_failed,
                       max_attempts=max_attempts)
 
-  def __call__(self, spec: sweep.RunSpec) -> dict[str, Any]:
+  def __call__(self, spec: plan.RunSpec) -> dict[str, Any]:
     requeue = _stop_at_safe_point()
-    os.environ.update(sweep.memory_environment(int(self.sweep_config.get("runs_per_gpu", 1))))
+    os.environ.update(local.memory_environment(int(self.sweep_config.get("runs_per_gpu", 1))))
     compile_cache.enable(compile_cache.directory(self.sweep_config, self.workdir))
     stats = compile_cache.watch()
     try:
-      summary = sweep.run_sweep(self.sweep_config, self.workdir, [spec], devices=1,
-                                runner=sweep.run_in_process, progress=False, **self.retry)
+      summary = local.run_sweep(self.sweep_config, self.workdir, [spec], devices=1,
+                                runner=local.run_in_process, progress=False, **self.retry)
     except loop.Preempted as preempted:
       print(f"{spec.name}: {preempted}; asking to be requeued.", flush=True)
       requeue()
       raise
-    out, err = sweep.summary_lines(summary, self.workdir, self.retry["max_attempts"])
+    out, err = plan.summary_lines(summary, self.workdir, self.retry["max_attempts"])
     print("\n".join(out + err), flush=True)
     print(f"compile cache: {stats.hits} hits, {stats.misses} misses, "
           f"{stats.compile_seconds:.1f} s compiling", flush=True)
@@ -250,19 +207,19 @@ def _process_alive(pid: int) -> bool:
 @dataclasses.dataclass
 class Plan:
   """Each run's status and what to do with it."""
-  states: dict[sweep.RunSpec, str]
-  queued: dict[sweep.RunSpec, str]  # run -> its job, still in the queue
-  not_retried: dict[sweep.RunSpec, str]  # run -> "diverged" / "given up"
-  submit: list[sweep.RunSpec]
+  states: dict[plan.RunSpec, str]
+  queued: dict[plan.RunSpec, str]  # run -> its job, still in the queue
+  not_retried: dict[plan.RunSpec, str]  # run -> "diverged" / "given up"
+  submit: list[plan.RunSpec]
 
 
 def plan(sweep_config: ml_collections.ConfigDict, workdir: pathlib.Path,
-         specs: Sequence[sweep.RunSpec], launcher: str, *, retry_diverged: bool = False,
-         retry_failed: bool = False, max_attempts: int = sweep.MAX_ATTEMPTS) -> Plan:
+         specs: Sequence[plan.RunSpec], launcher: str, *, retry_diverged: bool = False,
+         retry_failed: bool = False, max_attempts: int = plan.MAX_ATTEMPTS) -> Plan:
   """The rule: a run is submitted unless it is done, running (its lock is held),
   queued (its recorded job is still queued), or not to be retried (diverged, or
   failed max_attempts times) -- the local sweep's rules, plus the queue."""
-  states = {s: sweep.status(s.directory(workdir), sweep.expected_identity(
+  states = {s: run_lib.status(s.directory(workdir), plan.expected_identity(
       s.config(sweep_config.base))) for s in specs}
   unfinished = {s.name for s in specs if states[s] not in NOT_SUBMITTED}
   recorded = {name: str(entry.get("job_id")) for name, entry in read_submitted(workdir).items()
@@ -272,7 +229,7 @@ def plan(sweep_config: ml_collections.ConfigDict, workdir: pathlib.Path,
   queued = {s: recorded[s.name] for s in specs if recorded.get(s.name) in alive}
   skipped = {}
   for spec in specs:
-    reason = sweep.not_retried(spec.directory(workdir), retry_diverged=retry_diverged,
+    reason = plan.not_retried(spec.directory(workdir), retry_diverged=retry_diverged,
                                retry_failed=retry_failed, max_attempts=max_attempts)
     if reason and states[spec] not in NOT_SUBMITTED:
       skipped[spec] = reason
@@ -310,7 +267,7 @@ def executor(launcher: str, folder: pathlib.Path, options: SlurmOptions, job_nam
                             for k, v in options.sbatch_parameters(job_name).items()})
     return ex
   ex = submitit.AutoExecutor(folder=folder, cluster="local")
-  ex.update_parameters(timeout_min=int(options.timeout_min), name=job_name)
+  ex.update_parameters(timeout_min=options.timeout_min, name=job_name)
   return ex
 
 
@@ -330,7 +287,7 @@ def job_name(workdir: pathlib.Path) -> str:
 
 
 def submit(sweep_config: ml_collections.ConfigDict, workdir: pathlib.Path,
-           specs: Sequence[sweep.RunSpec], launcher: str, **retry: Any) -> list[Any]:
+           specs: Sequence[plan.RunSpec], launcher: str, **retry: Any) -> list[Any]:
   """Submits the plan's runs as one job array; records and returns the jobs."""
   p = plan(sweep_config, workdir, specs, launcher, **retry)
   print(describe_plan(p), flush=True)
@@ -357,13 +314,16 @@ def wait(jobs: Sequence[Any], launcher: str, poll_seconds: float) -> None:
     time.sleep(poll_seconds)
 
 
-def main(sweep_config: ml_collections.ConfigDict, workdir: str, specs: Sequence[sweep.RunSpec],
+def main(sweep_config: ml_collections.ConfigDict, workdir: str, specs: Sequence[plan.RunSpec],
          launcher: str, *, dry_run: bool, wait_for_jobs: bool, poll_seconds: float,
          **retry: Any) -> int:
   """`ftjax.sweep --launcher slurm|submitit_local`; returns the exit status."""
   root = pathlib.Path(workdir).absolute()
+  # A bad setting stops here, before anything is looked at: every field of the
+  # sbatch script (ftjax.sweep.slurm_options), the workdir's path included (the job's
+  # name and log paths).
+  check_text("--workdir", str(root))
   options = SlurmOptions.from_config(sweep_config)
-  options.additional_sbatch()  # a bad setting stops here, before anything is looked at
   if dry_run:
     p = plan(sweep_config, root, specs, launcher, **retry)
     print(describe_plan(p))
