@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ftjax.models import registry
-from weights_port import mapping
+from weights_port import keys as keys_lib
 
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "gamma": "gamma"}
 _TORCHVISION_TOP = {"norm": "encoder.ln", "head": "heads.head"}
@@ -29,8 +29,8 @@ _TORCHVISION_BLOCK = {"norm1": "ln_1", "norm2": "ln_2", "attn/proj": "self_atten
                       "mlp/fc1": "mlp.0", "mlp/fc2": "mlp.3"}
 # torchvision's checkpoints before its MLPBlock version 2 (torchvision renames them too).
 _LEGACY_MLP = re.compile(r"^(encoder\.layers\.encoder_layer_\d+\.mlp\.)linear_([12])\.")
-_list = mapping._list  # pylint: disable=protected-access
-_flat = mapping._flat  # pylint: disable=protected-access
+_list = keys_lib.listing
+_flat = keys_lib.flat
 _BLOCK_INDEX = {"timm": re.compile(r"^blocks\.(\d+)\."),
                 "torchvision": re.compile(r"^encoder\.layers\.encoder_layer_(\d+)\.")}
 
@@ -141,10 +141,9 @@ def _differences(arch: registry.Arch, found: dict[str, Any]) -> str:
 
 
 def _mismatch(arch: registry.Arch, state_dict: dict[str, Any], source: str,
-              expected: dict[str, Any]) -> mapping.KeyMismatchError:
+              expected: dict[str, Any], guess_other) -> keys_lib.KeyMismatchError:
   found = describe(state_dict)
-  guess = (guess_arch(state_dict) if found else
-           mapping.guess_arch(mapping.normalize_keys(state_dict).keys()))
+  guess = guess_arch(state_dict) if found else guess_other and guess_other(state_dict)
   hint = (f"It looks like a {guess} checkpoint: use --arch {guess}." if guess else
           f"Is --arch right? Valid names: {', '.join(registry.ARCHS)}.")
   differs = found and _differences(arch, found)
@@ -161,7 +160,7 @@ def _mismatch(arch: registry.Arch, state_dict: dict[str, Any], source: str,
     what = (f"missing ({len(missing)}): {_list(missing) or '-'}; "
             f"unexpected ({len(unexpected)}): {_list(unexpected) or '-'}; "
             f"wrong shapes ({len(wrong)}): {_list(wrong) or '-'}")
-  return mapping.KeyMismatchError(
+  return keys_lib.KeyMismatchError(
       f"{source}: does not match {arch.source}'s {arch.name} ({len(expected)} tensors "
       f"expected, {len(state_dict)} found): {what}. {hint}")
 
@@ -178,17 +177,18 @@ def _to_flax(value: np.ndarray) -> np.ndarray:
 
 
 def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, Any],
-                  source: str = "state_dict") -> dict[str, Any]:
+                  source: str = "state_dict", guess_other=None) -> dict[str, Any]:
   """A torchvision or timm ViT state dict -> ftjax {'params', 'batch_stats': {}}.
 
   A state dict without a head (DINOv2's) converts with num_classes 0.
+  `guess_other(state_dict)` names the CNN a non-ViT state dict belongs to.
   """
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
   state_dict = normalize_keys(state_dict)
   expected = expected_keys(arch, _head_classes(arch, state_dict))
   if expected.keys() != state_dict.keys() or any(
       _shape(state_dict, k) != torch_shape for k, (_, _, torch_shape) in expected.items()):
-    raise _mismatch(arch, state_dict, source, expected)
+    raise _mismatch(arch, state_dict, source, expected, guess_other)
   params: dict[str, Any] = {}
   for key, (path, _, _) in expected.items():
     node = params
