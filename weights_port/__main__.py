@@ -1,4 +1,4 @@
-"""python -m weights_port {convert,verify,list}: torchvision ImageNet weights -> ftjax."""
+"""python -m weights_port {convert,verify,list}: torchvision / timm ImageNet weights -> ftjax."""
 
 from __future__ import annotations
 
@@ -6,18 +6,26 @@ import argparse
 import sys
 import time
 
-from ftjax.models import pretrained, registry
+from ftjax.models import registry
 
 _EPILOG = """\
 Where the weights come from: torchvision publishes its ImageNet weights as .pth
-files at https://download.pytorch.org/models/<file>. Download the file for your
+files at https://download.pytorch.org/models/<file>; timm publishes its ViTs'
+weights as model.safetensors on the Hugging Face hub
+(https://huggingface.co/timm/<arch>.<tag>). Download the file for your
 architecture once (a browser, curl or wget; `python -m weights_port list` prints
 every architecture's file and URL), then convert it. ftjax never downloads
 anything at run time, and converting needs no torch.
 
+The sha256 of torchvision's files starts with the hex digits in their names,
+which convert checks. timm's files are all named model.safetensors: convert
+prints and records their sha256; pass --sha256 with the one the hub's file
+page lists to have it checked.
+
 Examples:
   python -m weights_port convert --arch resnet50 --src resnet50-11ad3fa6.pth --out weights/resnet50
   python -m weights_port verify --arch resnet50 --src resnet50-11ad3fa6.pth --weights weights/resnet50
+  python -m weights_port convert --arch vit_small_patch14_dinov2 --src model.safetensors --out weights/vit_small_patch14_dinov2
 """
 
 
@@ -27,17 +35,22 @@ def _parser() -> argparse.ArgumentParser:
       formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
 
-  convert = sub.add_parser("convert", help="convert a torchvision .pth file",
+  convert = sub.add_parser("convert", help="convert a .pth or .safetensors file",
                            epilog=_EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
   convert.add_argument("--arch", required=True, choices=list(registry.ARCHS),
                        metavar="ARCH", help="architecture: " + ", ".join(registry.ARCHS))
-  convert.add_argument("--src", required=True, help="the torchvision .pth file")
+  convert.add_argument("--src", required=True,
+                       help="the weights: a .pth file (torchvision) or a .safetensors file "
+                            "(timm, read with the safetensors package)")
   convert.add_argument("--out", required=True,
                        help="output directory (e.g. weights/resnet50); configs point "
                             "weights_dir at it or at its parent")
   convert.add_argument("--no-check-hash", dest="check_hash", action="store_false",
                        help="skip comparing the file's sha256 with the hash in its name")
+  convert.add_argument("--sha256", default=None, metavar="HEX",
+                       help="refuse the file unless its sha256 starts with HEX (e.g. the "
+                            "hash the Hugging Face hub lists for a timm file)")
   convert.add_argument("--allow-bad-weights", dest="allow_bad_weights", action="store_true",
                        help="convert even tensors with NaN/Inf values, integer dtypes or "
                             "negative running variance (refused by default)")
@@ -45,12 +58,13 @@ def _parser() -> argparse.ArgumentParser:
   verify = sub.add_parser("verify", help="compare converted weights with torchvision "
                                          "(needs torch and torchvision)")
   verify.add_argument("--arch", required=True, choices=list(registry.ARCHS), metavar="ARCH")
-  verify.add_argument("--src", required=True, help="the original .pth file")
+  verify.add_argument("--src", required=True, help="the original .pth or .safetensors file")
   verify.add_argument("--weights", required=True, help="the converted directory")
   verify.add_argument("--size", type=int, nargs=2, default=(224, 224),
-                      metavar=("H", "W"), help="input size (default 224 224)")
+                      metavar=("H", "W"), help="input size (default 224 224; torchvision's "
+                                               "ViTs take 224 224 only)")
 
-  sub.add_parser("list", help="architectures, their torchvision files and URLs")
+  sub.add_parser("list", help="architectures, their weight files and URLs")
   return parser
 
 
@@ -60,7 +74,8 @@ def _convert(args) -> int:
   start = time.perf_counter()
   print(f"Converting {args.src} as {args.arch} ...", flush=True)
   manifest = convert.convert_file(args.arch, args.src, args.out, check_hash=args.check_hash,
-                                  allow_bad_weights=args.allow_bad_weights)
+                                  allow_bad_weights=args.allow_bad_weights,
+                                  expected_sha256=args.sha256)
   print(f"Wrote {args.out}: {manifest['param_count']:,} parameters, "
         f"{manifest['num_classes']} classes, sha256 {manifest['source_sha256'][:12]}... "
         f"({time.perf_counter() - start:.1f} s)")
@@ -70,9 +85,11 @@ def _convert(args) -> int:
 def _verify(args) -> int:
   try:
     from weights_port import verify  # pylint: disable=import-outside-toplevel
+    import timm  # pylint: disable=import-outside-toplevel,unused-import
     import torchvision  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
-    print("verify needs torch and torchvision: pip install 'ftjax[test]'", file=sys.stderr)
+    print("verify needs torch, torchvision and timm: pip install 'ftjax[test]'",
+          file=sys.stderr)
     return 2
   verdict = verify.compare(args.arch, args.weights, args.src, image_size=tuple(args.size))
   status = "OK" if verdict.ok else "MISMATCH"
@@ -83,9 +100,9 @@ def _verify(args) -> int:
 
 
 def _list(_) -> int:
-  print(f"{'arch':<12} {'params':>12}  {'resize':>6}  torchvision file")
+  print(f"{'arch':<24} {'params':>12}  {'resize':>6}  weights file")
   for arch in registry.ARCHS.values():
-    print(f"{arch.name:<12} {registry.param_count(arch):>12,}  "
+    print(f"{arch.name:<24} {registry.param_count(arch):>12,}  "
           f"{arch.preprocessing.resize:>6}  {arch.weights_url}")
   return 0
 

@@ -1,4 +1,4 @@
-"""Conversion entry points: a torchvision .pth file or a live torch model -> ftjax."""
+"""Conversion entry points: a .pth or .safetensors file, or a live torch model -> ftjax."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from ftjax.models import pretrained, registry
-from weights_port import mapping, pth
+from weights_port import mapping, pth, safetensors_file
 
 CONVERTER_VERSION = "1"
 # torchvision names its files '<arch>-<first hex digits of the sha256>.pth'.
@@ -23,8 +23,15 @@ class HashMismatchError(ValueError):
   pass
 
 
-def check_file_hash(src: pathlib.Path, sha256: str) -> None:
-  """Refuses a torchvision file whose content does not match its name."""
+def check_file_hash(src: pathlib.Path, sha256: str, expected: str | None = None) -> None:
+  """Refuses a file whose content does not match the hash in its name (torchvision's
+  files) or `expected` (a prefix of the sha256 the publisher lists, e.g. the
+  Hugging Face hub's file page: timm's files have no hash in their name)."""
+  if expected and not sha256.startswith(expected.lower()):
+    raise HashMismatchError(
+        f"{src}: its sha256 is {sha256[:16]}..., but --sha256 says it starts with "
+        f"{expected}: the download is incomplete or corrupt, or the hash is another "
+        f"file's. Download it again.")
   match = _HASH_IN_NAME.search(src.name)
   if match and not sha256.startswith(match.group(1)):
     raise HashMismatchError(
@@ -69,7 +76,8 @@ def convert_state_dict(arch: str | registry.Arch, state_dict: dict[str, Any],
   if not allow_bad_weights:
     check_weights(source, state_dict)
   variables = mapping.torch_to_flax(arch, state_dict, source=source)
-  num_classes = int(variables["params"]["head"]["kernel"].shape[-1])
+  head = variables["params"].get("head")  # DINOv2's files have none
+  num_classes = int(head["kernel"].shape[-1]) if head else 0
   manifest = {
       "arch": arch.name,
       "num_classes": num_classes,
@@ -85,20 +93,30 @@ def convert_state_dict(arch: str | registry.Arch, state_dict: dict[str, Any],
   return manifest
 
 
+def _max_total_bytes(arch: registry.Arch) -> int:
+  """The .pth reader's cap on all storages: its default, or twice the arch's float32
+  parameters where that is more (vit_l_16's file, 1.1 GiB, is over the default)."""
+  return max(pth.DEFAULT_MAX_TOTAL_BYTES, 2 * 4 * registry.param_count(arch))
+
+
 def convert_file(arch: str | registry.Arch, src: str | os.PathLike,
                  out_dir: str | os.PathLike, *, check_hash: bool = True,
-                 allow_bad_weights: bool = False) -> dict[str, Any]:
-  """Reads a torchvision .pth without torch and writes the ftjax checkpoint."""
+                 allow_bad_weights: bool = False,
+                 expected_sha256: str | None = None) -> dict[str, Any]:
+  """Reads a .pth or .safetensors file without torch and writes the ftjax checkpoint."""
   src = pathlib.Path(src)
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
   if not src.is_file():
     raise FileNotFoundError(
-        f"{src}: no such file. Download torchvision's {arch.name} weights from "
+        f"{src}: no such file. Download {arch.source}'s {arch.name} weights from "
         f"{arch.weights_url} and pass that file to --src.")
   sha256 = pth.sha256_of(src)
   if check_hash:
-    check_file_hash(src, sha256)
-  state_dict = pth.read_state_dict(src)
+    check_file_hash(src, sha256, expected_sha256)
+  if safetensors_file.is_safetensors(src):
+    state_dict = safetensors_file.read_state_dict(src)
+  else:
+    state_dict = pth.read_state_dict(src, max_total_bytes=_max_total_bytes(arch))
   return convert_state_dict(arch, state_dict, out_dir, source=src.name, sha256=sha256,
                             allow_bad_weights=allow_bad_weights)
 

@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 
 from ftjax.models import registry, vgg
+from weights_port import keys as keys_lib
+from weights_port import vit_mapping
+from weights_port.keys import KeyMismatchError, ShapeMismatchError  # re-exported
 
 # torchvision counts BatchNorm updates in this buffer; ftjax has no use for it.
 IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -26,12 +29,8 @@ _LEGACY_DENSENET = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
-class KeyMismatchError(ValueError):
-  pass
-
-
-class ShapeMismatchError(ValueError):
-  pass
+_flat = keys_lib.flat
+_list = keys_lib.listing
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,14 +69,6 @@ def _module_path(arch: registry.Arch, modules: tuple[str, ...]) -> list[str]:
 def torch_key(arch: registry.Arch, collection: str, path: tuple[str, ...]) -> str:
   """('params', ('layer1', '0', 'conv1', 'kernel')) -> 'layer1.0.conv1.weight'."""
   return ".".join(_module_path(arch, path[:-1]) + [_LEAF[(collection, path[-1])]])
-
-
-def _flat(tree: dict[str, Any], prefix: tuple[str, ...] = ()):
-  for name, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flat(value, prefix + (name,))
-    else:
-      yield prefix + (name,), value
 
 
 def expected_keys(arch: registry.Arch, num_classes: int = 1000):
@@ -128,15 +119,9 @@ def guess_arch(keys) -> str | None:
   """The registered architecture whose torch keys are exactly `keys`, if any."""
   keys = set(keys)
   for arch in registry.ARCHS.values():
-    if set(expected_keys(arch)) == keys:
+    if arch.family != "vit" and set(expected_keys(arch)) == keys:
       return arch.name
   return None
-
-
-def _list(keys, limit: int = 8) -> str:
-  keys = sorted(keys)
-  more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-  return ", ".join(keys[:limit]) + more
 
 
 def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, np.ndarray],
@@ -147,6 +132,10 @@ def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, np.ndarray],
   torchvision checkpoints convert too.
   """
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
+  if arch.family == "vit":
+    return vit_mapping.torch_to_flax(
+        arch, state_dict, source,
+        guess_other=lambda sd: guess_arch(normalize_keys(sd).keys()))
   state_dict = normalize_keys(state_dict)
   head = state_dict.get(_head_key(arch))
   num_classes = int(head.shape[0]) if head is not None and head.ndim == 2 else 1000
@@ -154,7 +143,7 @@ def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, np.ndarray],
   missing = expected.keys() - state_dict.keys()
   unexpected = state_dict.keys() - expected.keys()
   if missing or unexpected:
-    guess = guess_arch(state_dict.keys())
+    guess = vit_mapping.guess_arch(state_dict) or guess_arch(state_dict.keys())
     hint = (f"It looks like a {guess} checkpoint: use --arch {guess}." if guess else
             f"Is --arch right? Valid names: {', '.join(registry.ARCHS)}.")
     raise KeyMismatchError(
@@ -181,6 +170,8 @@ def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, np.ndarray],
 def flax_to_torch(arch: str | registry.Arch, variables: dict[str, Any]) -> dict[str, np.ndarray]:
   """The inverse of `torch_to_flax`: a torchvision state_dict as numpy arrays."""
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
+  if arch.family == "vit":
+    return vit_mapping.flax_to_torch(arch, variables)
   out = {}
   for collection in ("params", "batch_stats"):
     for path, value in _flat(dict(variables.get(collection, {}))):

@@ -1,4 +1,4 @@
-"""Compare converted weights with torchvision on random input (needs torch)."""
+"""Compare converted weights with torchvision / timm on random input (needs torch)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from ftjax.models import pretrained, registry
-from weights_port import mapping
+from weights_port import mapping, safetensors_file, vit_mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,23 +39,54 @@ def torch_logits(arch: registry.Arch, state_dict, images_nchw: np.ndarray) -> np
     return model(torch.from_numpy(images_nchw)).numpy()
 
 
+def timm_logits(arch: registry.Arch, state_dict, images_nchw: np.ndarray) -> np.ndarray:
+  """timm's model, its position embedding resampled to the input (dynamic_img_size)."""
+  import timm  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+
+  head = state_dict.get("head.weight")
+  model = timm.create_model(arch.name, pretrained=False, dynamic_img_size=True,
+                            num_classes=0 if head is None else head.shape[0])
+  model.load_state_dict(state_dict)
+  model.eval()
+  with torch.no_grad():
+    return model(torch.from_numpy(images_nchw)).numpy()
+
+
+def _reference_logits(arch: registry.Arch, state_dict, images_nchw: np.ndarray) -> np.ndarray:
+  if arch.source == "timm":
+    return timm_logits(arch, state_dict, images_nchw)
+  if arch.family == "vit" and images_nchw.shape[2:] != (224, 224):
+    raise ValueError(f"--size {images_nchw.shape[2]} {images_nchw.shape[3]}: torchvision's "
+                     f"{arch.name} takes 224x224 only (it does not resample its position "
+                     f"embedding); verify it with --size 224 224.")
+  return torch_logits(arch, state_dict, images_nchw)
+
+
+def _load_torch(src) -> dict:
+  import torch  # pylint: disable=import-outside-toplevel
+
+  if safetensors_file.is_safetensors(src):
+    from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
+    return load_file(src)
+  state_dict = torch.load(src, map_location="cpu", weights_only=True)
+  return vit_mapping.normalize_keys(mapping.rename_legacy_keys(state_dict))
+
+
 def _head_weight_key(arch: registry.Arch) -> str:
   return {"resnet": "fc.weight", "densenet": "classifier.weight",
-          "vgg": "classifier.6.weight"}[arch.family]
+          "vgg": "classifier.6.weight", "vit": "heads.head.weight"}[arch.family]
 
 
 def compare(arch: str | registry.Arch, weights_dir: str | os.PathLike,
             src: str | os.PathLike, *, image_size: tuple[int, int] = (224, 224),
             batch: int = 2, seed: int = 0) -> Verdict:
-  """Logits of the converted Flax model vs torchvision loading `src` with torch."""
-  import torch  # pylint: disable=import-outside-toplevel
-
+  """Logits of the converted Flax model vs torchvision / timm loading `src` with torch."""
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
-  state_dict = mapping.rename_legacy_keys(
-      torch.load(src, map_location="cpu", weights_only=True))
+  state_dict = _load_torch(src)
   images = np.random.default_rng(seed).standard_normal(
       (batch, 3, *image_size), dtype=np.float32)
-  reference = torch_logits(arch, state_dict, images)
+  reference = _reference_logits(arch, state_dict, images)
   variables, manifest = pretrained.load_converted(arch, weights_dir)
   model = arch.build(manifest["num_classes"])
   logits = jax.jit(model.apply)(variables, images.transpose(0, 2, 3, 1))

@@ -59,6 +59,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.crop ({config.crop}) is larger than the prepared images "
                      f"(config.resize={config.resize}): set --config.crop={config.resize} "
                      f"or smaller, or prepare the data with --resize {config.crop} or more.")
+  patch = config.arch in registry.ARCHS and registry.patch_size(config.arch)
+  if patch and config.crop % patch:
+    raise ValueError(f"config.crop must be a multiple of {config.arch}'s patch size "
+                     f"{patch} (e.g. {max(patch, round(config.crop / patch) * patch)}), got "
+                     f"{config.crop} (set it with --config.crop=VALUE).")
 
 
 @dataclasses.dataclass(frozen=True)

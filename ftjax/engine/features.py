@@ -184,7 +184,9 @@ def check_supported(arch: str | registry.Arch, strategy: Strategy, *,
                      f"statistics, so its output depends on the batch. Set bn_mode="
                      f"'frozen', {fix}.")
   model = arch.build(2)
-  eval_point, train_point = cache_point(model), cache_point(model, train=True)
+  size = 2 * (registry.patch_size(arch) or 16)  # a ViT's input must fit its patches
+  eval_point = cache_point(model, image_size=size)
+  train_point = cache_point(model, train=True, image_size=size)
   if eval_point != train_point:
     raise ValueError(f"{arch.name}: the cached point differs between eval mode "
                      f"({'/'.join(eval_point)}) and train mode ({'/'.join(train_point)}); "

@@ -1,4 +1,4 @@
-"""Flax ResNet / DenseNet / VGG that match torchvision, and their registry."""
+"""Flax ResNet / DenseNet / VGG / ViT that match torchvision (and timm), and their registry."""
 
 from ftjax.models.pretrained import load_pretrained
 from ftjax.models.registry import (ARCHS, PAPER_ARCHS, Arch, Block, Preprocessing,

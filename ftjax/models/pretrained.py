@@ -80,6 +80,11 @@ def new_head(rng: jax.Array, fan_in: int, num_classes: int) -> dict[str, jax.Arr
   return dense.init(rng, jnp.zeros((1, fan_in), jnp.float32))["params"]
 
 
+def _head_fan_in(arch: registry.Arch) -> int:
+  """The classifier's input width (also for converted files without a head)."""
+  return int(registry.variable_shapes(arch, 1)["params"]["head"]["kernel"].shape[0])
+
+
 def load_pretrained(arch: str | registry.Arch, weights_dir: str | pathlib.Path,
                     num_classes: int, *, rng: jax.Array | int = 0,
                     dtype: Any = jnp.float32,
@@ -93,7 +98,7 @@ def load_pretrained(arch: str | registry.Arch, weights_dir: str | pathlib.Path,
   variables, _ = load_converted(arch, weights_dir)
   rng = jax.random.key(rng) if isinstance(rng, int) else rng
   params = dict(variables["params"])
-  params["head"] = new_head(rng, params["head"]["kernel"].shape[0], num_classes)
+  params["head"] = new_head(rng, _head_fan_in(arch), num_classes)
   variables = {"params": params, "batch_stats": variables["batch_stats"]}
   variables = jax.tree_util.tree_map(
       lambda x: jnp.asarray(x, param_dtype if np.issubdtype(x.dtype, np.floating) else None),

@@ -16,11 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.models import densenet, resnet, vgg
+from ftjax.models import densenet, resnet, vgg, vit
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # timm's augreg ViTs
+INCEPTION_STD = (0.5, 0.5, 0.5)
 TORCHVISION_URL = "https://download.pytorch.org/models/"
+HF_TIMM_URL = "https://huggingface.co/timm/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +45,13 @@ class Block:
 @dataclasses.dataclass(frozen=True)
 class Arch:
   name: str
-  family: str  # "resnet" | "densenet" | "vgg"
+  family: str  # "resnet" | "densenet" | "vgg" | "vit"
   module: Callable[..., nn.Module]
   blocks: tuple[Block, ...]
   preprocessing: Preprocessing
-  weights_file: str  # torchvision's default ImageNet weights for this arch
+  weights_file: str  # the default ImageNet weights' file name for this arch
+  source: str = "torchvision"  # "torchvision" | "timm": who publishes the weights
+  weights_base: str = TORCHVISION_URL  # weights_url = weights_base + weights_file
 
   def build(self, num_classes: int = 1000, dtype: Any = jnp.float32,
             param_dtype: Any = jnp.float32) -> nn.Module:
@@ -54,7 +59,7 @@ class Arch:
 
   @property
   def weights_url(self) -> str:
-    return TORCHVISION_URL + self.weights_file
+    return self.weights_base + self.weights_file
 
   @property
   def block_names(self) -> tuple[str, ...]:
@@ -79,6 +84,26 @@ _resize = {"resnet": 232, "densenet": 256, "vgg": 256}
 def _arch(name, family, module, blocks, weights_file, resize=None) -> Arch:
   return Arch(name, family, module, blocks, Preprocessing(resize or _resize[family]),
               weights_file)
+
+
+def _vit_blocks(depth: int) -> tuple[Block, ...]:
+  """stem, four equal groups of transformer blocks, head. The final LayerNorm
+  joins the last group (as in timm's layer grouping): it feeds the head."""
+  size = depth // 4
+  groups = [tuple(f"block{i}" for i in range(g * size, (g + 1) * size)) for g in range(4)]
+  groups[-1] += ("norm",)
+  return (Block("stem", ("stem",)),
+          *(Block(f"encoder{g + 1}", modules) for g, modules in enumerate(groups)),
+          Block("head", ("head",)))
+
+
+def _vit(name: str, source: str, weights_file: str, resize: int,
+         normalisation: tuple = (IMAGENET_MEAN, IMAGENET_STD), tag: str = "") -> Arch:
+  config = vit.CONFIGS[name]
+  module = functools.partial(vit.ViT, config=config, arch_name=name)
+  base = TORCHVISION_URL if source == "torchvision" else f"{HF_TIMM_URL}{name}.{tag}/resolve/main/"
+  return Arch(name, "vit", module, _vit_blocks(config.depth),
+              Preprocessing(resize, 224, *normalisation), weights_file, source, base)
 
 
 def _vgg(depth: int, bn: bool):
@@ -109,6 +134,20 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     _arch("vgg16_bn", "vgg", _vgg(16, True), _VGG_BLOCKS, "vgg16_bn-6c64b313.pth"),
     _arch("vgg19", "vgg", _vgg(19, False), _VGG_BLOCKS, "vgg19-dcbb9e9d.pth"),
     _arch("vgg19_bn", "vgg", _vgg(19, True), _VGG_BLOCKS, "vgg19_bn-c79401a0.pth"),
+    # torchvision's IMAGENET1K_V1 ViT weights (resize as their transforms).
+    _vit("vit_b_16", "torchvision", "vit_b_16-c867db91.pth", 256),
+    _vit("vit_b_32", "torchvision", "vit_b_32-d86f8d99.pth", 256),
+    _vit("vit_l_16", "torchvision", "vit_l_16-852ce7e3.pth", 242),
+    # timm's default weights on the Hugging Face hub: AugReg (crop_pct 0.9, mean
+    # and std 0.5) and DINOv2 (no head; crop_pct 1.0, ImageNet mean and std).
+    _vit("vit_tiny_patch16_224", "timm", "model.safetensors", 248,
+         (INCEPTION_MEAN, INCEPTION_STD), "augreg_in21k_ft_in1k"),
+    _vit("vit_small_patch16_224", "timm", "model.safetensors", 248,
+         (INCEPTION_MEAN, INCEPTION_STD), "augreg_in21k_ft_in1k"),
+    _vit("vit_base_patch16_224", "timm", "model.safetensors", 248,
+         (INCEPTION_MEAN, INCEPTION_STD), "augreg2_in21k_ft_in1k"),
+    _vit("vit_small_patch14_dinov2", "timm", "model.safetensors", 224, tag="lvd142m"),
+    _vit("vit_base_patch14_dinov2", "timm", "model.safetensors", 224, tag="lvd142m"),
 ]}
 
 # The three architectures of the paper.
@@ -123,6 +162,18 @@ def get_arch(name: str) -> Arch:
                      f"{', '.join(ARCHS)}.") from None
 
 
+def patch_size(arch: str | Arch) -> int | None:
+  """A ViT's patch size (its input sides must be multiples of it); None for CNNs."""
+  arch = get_arch(arch) if isinstance(arch, str) else arch
+  return arch.build(1).config.patch_size if arch.family == "vit" else None
+
+
+def _init_size(arch: Arch, image_size: int) -> int:
+  """A ViT's variables do not depend on the input size, which must fit its patches."""
+  patch = patch_size(arch)
+  return patch * max(1, image_size // patch) if patch else image_size
+
+
 def init_variables(arch: str | Arch, rng: jax.Array | int = 0, num_classes: int = 1000,
                    image_size: int = 64) -> dict[str, Any]:
   """Randomly initialised {'params', 'batch_stats'} (torchvision's init scheme).
@@ -131,6 +182,7 @@ def init_variables(arch: str | Arch, rng: jax.Array | int = 0, num_classes: int 
   """
   arch = get_arch(arch) if isinstance(arch, str) else arch
   rng = jax.random.key(rng) if isinstance(rng, int) else rng
+  image_size = _init_size(arch, image_size)
   dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   variables = jax.jit(arch.build(num_classes).init, static_argnames="train")(rng, dummy)
   return {"batch_stats": {}, **variables}  # uniform across families (VGG has no BN)
@@ -139,7 +191,8 @@ def init_variables(arch: str | Arch, rng: jax.Array | int = 0, num_classes: int 
 def variable_shapes(arch: str | Arch, num_classes: int = 1000) -> dict[str, Any]:
   """The variables' ShapeDtypeStructs, computed without allocating them."""
   arch = get_arch(arch) if isinstance(arch, str) else arch
-  dummy = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  size = _init_size(arch, 64)
+  dummy = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   shapes = jax.eval_shape(functools.partial(arch.build(num_classes).init, train=False),
                           jax.random.key(0), dummy)
   return {"batch_stats": {}, **shapes}

@@ -13,6 +13,9 @@ less. The groups are timm's fine grouping (`group_matcher(coarse=False)`):
             so joins the head's group (the last).
   VGG       (timm's VGG is not torchvision's) one group per convolution with
             its BatchNorm, in order, then fc1, fc2 and the head.
+  ViT       stem (patch embedding, class token, position embedding), then one
+            group per transformer block; the final norm joins the last block's
+            group, the head is last.
 
 With Adam a group's learning rate is a constant factor on its update, so the
 transform is gated Adam, then the per-tensor scale, then the learning rate.
@@ -80,8 +83,20 @@ def _vgg_ordinal(path: Path) -> tuple[float, ...]:
   return LAST
 
 
+def _vit_ordinal(path: Path) -> tuple[float, ...]:
+  top = path[0]
+  if top == "stem":
+    return (0.0,)
+  if top.startswith("block"):
+    return (1.0, _number(top))
+  if top == "norm":
+    return (1.0, JOIN_PREVIOUS)
+  return LAST
+
+
 ORDINALS: dict[str, Callable[[Path], tuple[float, ...]]] = {
-    "resnet": _resnet_ordinal, "densenet": _densenet_ordinal, "vgg": _vgg_ordinal}
+    "resnet": _resnet_ordinal, "densenet": _densenet_ordinal, "vgg": _vgg_ordinal,
+    "vit": _vit_ordinal}
 
 
 def _names(path) -> Path:
