@@ -22,7 +22,17 @@ STRATEGY_NAMES = {
     "surgical": "Surgical (one block)", "wise_ft": "WiSE-FT (LP/FT mix)",
     "knn": "k-NN on features", "bss": "Batch Spectral Shrinkage (BSS)",
     "scheduled": "Scheduled (custom plan)"}
-ARCH_NAMES = {"resnet50": "ResNet-50", "densenet121": "DenseNet-121", "vgg19": "VGG-19"}
+ARCH_NAMES = {"resnet50": "ResNet-50", "densenet121": "DenseNet-121", "vgg19": "VGG-19",
+              # Beyond the paper, in the order a report shows them.
+              "vit_b_16": "ViT-B/16", "vit_b_32": "ViT-B/32", "vit_l_16": "ViT-L/16",
+              "vit_tiny_patch16_224": "ViT-Ti/16 (timm)",
+              "vit_small_patch16_224": "ViT-S/16 (timm)",
+              "vit_base_patch16_224": "ViT-B/16 (timm)",
+              "vit_small_patch14_dinov2": "DINOv2 ViT-S/14",
+              "vit_base_patch14_dinov2": "DINOv2 ViT-B/14",
+              "convnext_tiny": "ConvNeXt-T", "convnext_small": "ConvNeXt-S",
+              "convnext_base": "ConvNeXt-B", "efficientnet_b0": "EfficientNet-B0",
+              "efficientnet_b4": "EfficientNet-B4"}
 METRIC_NAMES = {"map": "mAP", "auroc": "AUROC", "accuracy": "Accuracy", "kappa": "Kappa",
                 "f1": "F1-Score", "loss": "Loss"}
 DATASET_NAMES = {
