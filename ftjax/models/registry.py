@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.models import densenet, resnet, vgg
+from ftjax.models import convnext, densenet, efficientnet, resnet, vgg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,7 +42,7 @@ class Block:
 @dataclasses.dataclass(frozen=True)
 class Arch:
   name: str
-  family: str  # "resnet" | "densenet" | "vgg"
+  family: str  # "resnet" | "densenet" | "vgg" | "convnext" | "efficientnet"
   module: Callable[..., nn.Module]
   blocks: tuple[Block, ...]
   preprocessing: Preprocessing
@@ -72,6 +72,11 @@ _DENSENET_BLOCKS = _blocks("stem", "denseblock1", "transition1", "denseblock2",
 # VGG's sixth block is its whole classifier: fc1, fc2 and the new head.
 _VGG_BLOCKS = _blocks("stage1", "stage2", "stage3", "stage4", "stage5",
                       ("classifier", "head"))
+
+# ConvNeXt and EfficientNet: stem, stages, head; the last stage owns the
+# classifier's LayerNorm (ConvNeXt) or the final 1x1 conv (EfficientNet).
+_CONVNEXT_BLOCKS = _blocks("stem", "stage1", "stage2", "stage3", "stage4", "head")
+_EFFICIENTNET_BLOCKS = _blocks("stem", *(f"stage{i}" for i in range(1, 8)), "head")
 
 _resize = {"resnet": 232, "densenet": 256, "vgg": 256}
 
@@ -109,6 +114,18 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     _arch("vgg16_bn", "vgg", _vgg(16, True), _VGG_BLOCKS, "vgg16_bn-6c64b313.pth"),
     _arch("vgg19", "vgg", _vgg(19, False), _VGG_BLOCKS, "vgg19-dcbb9e9d.pth"),
     _arch("vgg19_bn", "vgg", _vgg(19, True), _VGG_BLOCKS, "vgg19_bn-c79401a0.pth"),
+    # torchvision's resize per recipe; EfficientNet's recipes resize bicubic,
+    # ftjax antialiased bilinear (B4's recipe crops 380 px: set config.crop).
+    _arch("convnext_tiny", "convnext", convnext.ConvNeXtTiny, _CONVNEXT_BLOCKS,
+          "convnext_tiny-983f1562.pth", 236),
+    _arch("convnext_small", "convnext", convnext.ConvNeXtSmall, _CONVNEXT_BLOCKS,
+          "convnext_small-0c510722.pth", 230),
+    _arch("convnext_base", "convnext", convnext.ConvNeXtBase, _CONVNEXT_BLOCKS,
+          "convnext_base-6075fbad.pth", 232),
+    _arch("efficientnet_b0", "efficientnet", efficientnet.EfficientNetB0,
+          _EFFICIENTNET_BLOCKS, "efficientnet_b0_rwightman-7f5810bc.pth", 256),
+    _arch("efficientnet_b4", "efficientnet", efficientnet.EfficientNetB4,
+          _EFFICIENTNET_BLOCKS, "efficientnet_b4_rwightman-23ab8bcd.pth", 384),
 ]}
 
 # The three architectures of the paper.
