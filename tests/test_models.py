@@ -13,7 +13,9 @@ from ftjax.models import pretrained, registry
 from tests import torch_models
 from weights_port import mapping
 
-ALL_ARCHS = list(registry.ARCHS)
+# ConvNeXt and EfficientNet have their own tests (test_models_convnets.py).
+ALL_ARCHS = [name for name, arch in registry.ARCHS.items()
+             if arch.family not in ("convnext", "efficientnet")]
 
 
 def _images(shape, seed=0):

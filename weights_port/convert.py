@@ -23,14 +23,20 @@ class HashMismatchError(ValueError):
   pass
 
 
-def check_file_hash(src: pathlib.Path, sha256: str) -> None:
-  """Refuses a torchvision file whose content does not match its name."""
+def check_file_hash(src: pathlib.Path, sha256: str) -> bool:
+  """Refuses a torchvision file whose content does not match its name.
+
+  Returns whether there was a hash to check: timm's files on the Hugging Face
+  hub ('pytorch_model.bin') carry none in their name, so for them the sha256
+  is only recorded in the manifest.
+  """
   match = _HASH_IN_NAME.search(src.name)
   if match and not sha256.startswith(match.group(1)):
     raise HashMismatchError(
         f"{src}: its sha256 is {sha256[:16]}..., but the name says it starts with "
         f"{match.group(1)}: the download is incomplete or corrupt. Download it again "
         f"(or pass --no-check-hash if you renamed a file you trust).")
+  return bool(match)
 
 
 class BadWeightsError(ValueError):
@@ -62,7 +68,7 @@ def check_weights(source: str, state_dict: dict[str, Any]) -> None:
 
 def convert_state_dict(arch: str | registry.Arch, state_dict: dict[str, Any],
                        out_dir: str | os.PathLike, *, source: str = "state_dict",
-                       sha256: str | None = None,
+                       sha256: str | None = None, hash_checked: bool = False,
                        allow_bad_weights: bool = False) -> dict[str, Any]:
   """Checks the values, converts, checks the keys and shapes, writes; returns the manifest."""
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
@@ -76,6 +82,10 @@ def convert_state_dict(arch: str | registry.Arch, state_dict: dict[str, Any],
       "param_count": int(sum(np.size(v) for v in jax.tree_util.tree_leaves(variables["params"]))),
       "source": source,
       "source_sha256": sha256,
+      # Whether sha256 was compared with the hash in the file's name (torchvision's).
+      "hash_checked": hash_checked,
+      # Whose key names the source uses: 'torchvision', or 'timm' (ConvNeXt).
+      "layout": mapping.layout_of(arch, state_dict),
       # The torchvision weight name, when the source is one of torchvision's files.
       "torchvision_weights": source if _HASH_IN_NAME.search(source) else None,
       "converter_version": CONVERTER_VERSION,
@@ -96,11 +106,10 @@ def convert_file(arch: str | registry.Arch, src: str | os.PathLike,
         f"{src}: no such file. Download torchvision's {arch.name} weights from "
         f"{arch.weights_url} and pass that file to --src.")
   sha256 = pth.sha256_of(src)
-  if check_hash:
-    check_file_hash(src, sha256)
+  hash_checked = check_hash and check_file_hash(src, sha256)
   state_dict = pth.read_state_dict(src)
   return convert_state_dict(arch, state_dict, out_dir, source=src.name, sha256=sha256,
-                            allow_bad_weights=allow_bad_weights)
+                            hash_checked=hash_checked, allow_bad_weights=allow_bad_weights)
 
 
 def convert_torch(arch: str | registry.Arch, model_or_state_dict: Any,

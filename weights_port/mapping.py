@@ -141,7 +141,8 @@ def guess_arch(keys) -> str | None:
   """The registered architecture whose torch keys are exactly `keys`, if any."""
   keys = set(keys)
   for arch in registry.ARCHS.values():
-    if any(set(expected_keys(arch, layout=layout)) == keys
+    # The classifier's key rules out most architectures without computing shapes.
+    if any(_head_key(arch, layout) in keys and set(expected_keys(arch, layout=layout)) == keys
            for layout in convnet_mapping.layouts(arch)):
       return arch.name
   return None

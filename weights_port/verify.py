@@ -1,4 +1,8 @@
-"""Compare converted weights with torchvision on random input (needs torch)."""
+"""Compare converted weights with torchvision (or timm) on random input (needs torch).
+
+The reference model is timm's when the state dict uses timm's key layout
+(ConvNeXt), torchvision's otherwise.
+"""
 
 from __future__ import annotations
 
@@ -31,17 +35,17 @@ def torch_logits(arch: registry.Arch, state_dict, images_nchw: np.ndarray) -> np
   import torch  # pylint: disable=import-outside-toplevel
   import torchvision  # pylint: disable=import-outside-toplevel
 
-  num_classes = state_dict[_head_weight_key(arch)].shape[0]
-  model = getattr(torchvision.models, arch.name)(weights=None, num_classes=num_classes)
+  layout = mapping.layout_of(arch, state_dict)
+  num_classes = state_dict[mapping.torch_key(arch, "params", ("head", "kernel"), layout)].shape[0]
+  if layout == "timm":
+    import timm  # pylint: disable=import-outside-toplevel
+    model = timm.create_model(arch.name, pretrained=False, num_classes=num_classes)
+  else:
+    model = getattr(torchvision.models, arch.name)(weights=None, num_classes=num_classes)
   model.load_state_dict(state_dict)
   model.eval()
   with torch.no_grad():
     return model(torch.from_numpy(images_nchw)).numpy()
-
-
-def _head_weight_key(arch: registry.Arch) -> str:
-  return {"resnet": "fc.weight", "densenet": "classifier.weight",
-          "vgg": "classifier.6.weight"}[arch.family]
 
 
 def compare(arch: str | registry.Arch, weights_dir: str | os.PathLike,

@@ -171,6 +171,11 @@ def param_count(arch: str | Arch, num_classes: int = 1000) -> int:
   return _size(variable_shapes(arch, num_classes)["params"])
 
 
+def has_batchnorm(arch: str | Arch) -> bool:
+  """False for ConvNeXt (LayerNorm only) and VGG without BN: no running statistics."""
+  return bool(jax.tree_util.tree_leaves(variable_shapes(arch)["batch_stats"]))
+
+
 def block_param_counts(arch: str | Arch, num_classes: int = 1000) -> dict[str, int]:
   arch = get_arch(arch) if isinstance(arch, str) else arch
   params = variable_shapes(arch, num_classes)["params"]
