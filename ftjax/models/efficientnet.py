@@ -2,8 +2,8 @@
 
 Top-level submodules are the parameter blocks: stem (3x3 stride-2 conv, BN),
 stage1..stage7 (torchvision's features.1..7) and head. stage7 ends with the
-final 1x1 conv to 4x the channels, its BatchNorm and SiLU ('conv_head',
-'bn_head', torchvision's features.8), as DenseNet's last block owns norm5.
+final 1x1 conv to 4x the channels with its BatchNorm and SiLU ('conv_head',
+torchvision's features.8), as DenseNet's last block owns norm5.
 
 BatchNorm is ftjax's (torch's eps 1e-5 and momentum 0.1, which torchvision
 uses up to B4). Dropout before the head is torchvision's (0.2 for B0, 0.4
