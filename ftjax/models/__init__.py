@@ -1,4 +1,4 @@
-"""Flax ResNet / DenseNet / VGG that match torchvision, and their registry."""
+"""Flax ResNet / DenseNet / VGG / ConvNeXt / EfficientNet matching torchvision; the registry."""
 
 from ftjax.models.pretrained import load_pretrained
 from ftjax.models.registry import (ARCHS, PAPER_ARCHS, Arch, Block, Preprocessing,
