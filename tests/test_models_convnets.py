@@ -103,8 +103,9 @@ def test_converted_weights_match_torch_logits_and_blocks(arch, source, size, tmp
     torch_models.assert_matches(ours, expected)
 
 
-@pytest.mark.parametrize("arch", ["convnext_tiny", "convnext_small", "convnext_base",
-                                  "efficientnet_b0", "efficientnet_b4"])
+@pytest.mark.parametrize("arch", ["convnext_tiny", "efficientnet_b0",
+                                  *[pytest.param(a, marks=slow) for a in
+                                    ("convnext_small", "convnext_base", "efficientnet_b4")]])
 def test_param_count_and_blocks(arch):
   with torch.device("meta"):
     expected = sum(p.numel() for p in getattr(torchvision.models, arch)().parameters())
