@@ -247,6 +247,15 @@ def test_hash_is_checked_for_torchvision_names_only(timm_file, tmp_path, capsys)
   assert "corrupt" in _convert_error(wrong, "convnext_tiny", tmp_path, capsys)
 
 
+@slow
+def test_verify_uses_timm_for_a_timm_file(timm_file, tmp_path, capsys):
+  assert cli.main(["convert", "--arch", "convnext_tiny", "--src", str(timm_file),
+                   "--out", str(tmp_path / "w")]) == 0
+  code = cli.main(["verify", "--arch", "convnext_tiny", "--src", str(timm_file),
+                   "--weights", str(tmp_path / "w"), "--size", "45", "70"])
+  assert code == 0 and "OK" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------- strategies
 
 
