@@ -13,8 +13,10 @@ from ftjax.models import pretrained, registry
 from tests.helpers import torch_models
 from weights_port import mapping
 
-# The CNNs; tests/test_models_vit.py covers the ViTs.
-ALL_ARCHS = [name for name, arch in registry.ARCHS.items() if arch.family != "vit"]
+# The paper's CNN families; tests/test_models_vit.py covers the ViTs and
+# tests/test_models_convnets.py ConvNeXt and EfficientNet.
+ALL_ARCHS = [name for name, arch in registry.ARCHS.items()
+             if arch.family not in ("vit", "convnext", "efficientnet")]
 
 
 def _images(shape, seed=0):

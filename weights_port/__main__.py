@@ -15,7 +15,9 @@ weights as model.safetensors on the Hugging Face hub
 (https://huggingface.co/timm/<arch>.<tag>). Download the file for your
 architecture once (a browser, curl or wget; `python -m weights_port list` prints
 every architecture's file and URL), then convert it. ftjax never downloads
-anything at run time, and converting needs no torch.
+anything at run time, and converting needs no torch. ConvNeXt also converts from
+timm's files (the Hugging Face hub's timm/convnext_*, pytorch_model.bin): the
+key layout, torchvision's or timm's, is recognised from the file.
 
 The sha256 of torchvision's files starts with the hex digits in their names,
 which convert checks. timm's files are all named model.safetensors: convert
@@ -35,14 +37,15 @@ def _parser() -> argparse.ArgumentParser:
       formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
 
-  convert = sub.add_parser("convert", help="convert a .pth or .safetensors file",
+  convert = sub.add_parser("convert", help="convert a .pth, .bin or .safetensors file",
                            epilog=_EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
   convert.add_argument("--arch", required=True, choices=list(registry.ARCHS),
                        metavar="ARCH", help="architecture: " + ", ".join(registry.ARCHS))
   convert.add_argument("--src", required=True,
-                       help="the weights: a .pth file (torchvision) or a .safetensors file "
-                            "(timm, read with the safetensors package)")
+                       help="the weights: a .pth file (torchvision), timm's "
+                            "pytorch_model.bin, or a .safetensors file (timm, read with the "
+                            "safetensors package)")
   convert.add_argument("--out", required=True,
                        help="output directory (e.g. weights/resnet50); configs point "
                             "weights_dir at it or at its parent")
@@ -56,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                             "negative running variance (refused by default)")
 
   verify = sub.add_parser("verify", help="compare converted weights with torchvision "
-                                         "(needs torch and torchvision)")
+                                         "(needs torch and torchvision; timm for timm's "
+                                         "files)")
   verify.add_argument("--arch", required=True, choices=list(registry.ARCHS), metavar="ARCH")
   verify.add_argument("--src", required=True, help="the original .pth or .safetensors file")
   verify.add_argument("--weights", required=True, help="the converted directory")
@@ -76,8 +80,13 @@ def _convert(args) -> int:
   manifest = convert.convert_file(args.arch, args.src, args.out, check_hash=args.check_hash,
                                   allow_bad_weights=args.allow_bad_weights,
                                   expected_sha256=args.sha256)
-  print(f"Wrote {args.out}: {manifest['param_count']:,} parameters, "
-        f"{manifest['num_classes']} classes, sha256 {manifest['source_sha256'][:12]}... "
+  hashed = ("matches " + ("--sha256" if args.sha256 else "the hash in the file name")
+            if manifest["hash_checked"] else
+            "recorded, not checked (no hash in the file name; --sha256 checks one)"
+            if args.check_hash else "recorded, not checked (--no-check-hash)")
+  print(f"Found {manifest['layout']}'s key layout. Wrote {args.out}: "
+        f"{manifest['param_count']:,} parameters, {manifest['num_classes']} classes, "
+        f"sha256 {manifest['source_sha256'][:12]}... {hashed} "
         f"({time.perf_counter() - start:.1f} s)")
   return 0
 
@@ -91,7 +100,12 @@ def _verify(args) -> int:
     print("verify needs torch, torchvision and timm: pip install 'ftjax[test]'",
           file=sys.stderr)
     return 2
-  verdict = verify.compare(args.arch, args.weights, args.src, image_size=tuple(args.size))
+  try:
+    verdict = verify.compare(args.arch, args.weights, args.src, image_size=tuple(args.size))
+  except ImportError as error:  # timm, for a file in timm's layout
+    print(f"verify needs {error.name} for {args.src}: pip install {error.name}",
+          file=sys.stderr)
+    return 2
   status = "OK" if verdict.ok else "MISMATCH"
   print(f"{args.arch} at {args.size[0]}x{args.size[1]}: max |logit difference| "
         f"{verdict.max_abs_diff:.3g} (max |logit| {verdict.max_abs_logit:.3g}, tolerance "
@@ -104,6 +118,8 @@ def _list(_) -> int:
   for arch in registry.ARCHS.values():
     print(f"{arch.name:<24} {registry.param_count(arch):>12,}  "
           f"{arch.preprocessing.resize:>6}  {arch.weights_url}")
+  print("ConvNeXt also converts from timm's files in timm's key layout, e.g. "
+        "https://huggingface.co/timm/convnext_tiny.fb_in1k (pytorch_model.bin).")
   return 0
 
 

@@ -23,10 +23,14 @@ class HashMismatchError(ValueError):
   pass
 
 
-def check_file_hash(src: pathlib.Path, sha256: str, expected: str | None = None) -> None:
+def check_file_hash(src: pathlib.Path, sha256: str, expected: str | None = None) -> bool:
   """Refuses a file whose content does not match the hash in its name (torchvision's
   files) or `expected` (a prefix of the sha256 the publisher lists, e.g. the
-  Hugging Face hub's file page: timm's files have no hash in their name)."""
+  Hugging Face hub's file page: timm's files have no hash in their name).
+
+  Returns whether there was a hash to check: without one (timm's files, no
+  --sha256) the sha256 is only recorded in the manifest.
+  """
   if expected and not sha256.startswith(expected.lower()):
     raise HashMismatchError(
         f"{src}: its sha256 is {sha256[:16]}..., but --sha256 says it starts with "
@@ -38,6 +42,7 @@ def check_file_hash(src: pathlib.Path, sha256: str, expected: str | None = None)
         f"{src}: its sha256 is {sha256[:16]}..., but the name says it starts with "
         f"{match.group(1)}: the download is incomplete or corrupt. Download it again "
         f"(or pass --no-check-hash if you renamed a file you trust).")
+  return bool(match or expected)
 
 
 class BadWeightsError(ValueError):
@@ -69,7 +74,7 @@ def check_weights(source: str, state_dict: dict[str, Any]) -> None:
 
 def convert_state_dict(arch: str | registry.Arch, state_dict: dict[str, Any],
                        out_dir: str | os.PathLike, *, source: str = "state_dict",
-                       sha256: str | None = None,
+                       sha256: str | None = None, hash_checked: bool = False,
                        allow_bad_weights: bool = False) -> dict[str, Any]:
   """Checks the values, converts, checks the keys and shapes, writes; returns the manifest."""
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
@@ -84,6 +89,10 @@ def convert_state_dict(arch: str | registry.Arch, state_dict: dict[str, Any],
       "param_count": int(sum(np.size(v) for v in jax.tree_util.tree_leaves(variables["params"]))),
       "source": source,
       "source_sha256": sha256,
+      # Whether sha256 was compared with the hash in the file's name (torchvision's).
+      "hash_checked": hash_checked,
+      # Whose key names the source uses: 'torchvision', or 'timm' (ConvNeXt).
+      "layout": mapping.layout_of(arch, state_dict),
       # The torchvision weight name, when the source is one of torchvision's files.
       "torchvision_weights": source if _HASH_IN_NAME.search(source) else None,
       "converter_version": CONVERTER_VERSION,
@@ -111,14 +120,13 @@ def convert_file(arch: str | registry.Arch, src: str | os.PathLike,
         f"{src}: no such file. Download {arch.source}'s {arch.name} weights from "
         f"{arch.weights_url} and pass that file to --src.")
   sha256 = pth.sha256_of(src)
-  if check_hash:
-    check_file_hash(src, sha256, expected_sha256)
+  hash_checked = check_hash and check_file_hash(src, sha256, expected_sha256)
   if safetensors_file.is_safetensors(src):
     state_dict = safetensors_file.read_state_dict(src)
   else:
     state_dict = pth.read_state_dict(src, max_total_bytes=_max_total_bytes(arch))
   return convert_state_dict(arch, state_dict, out_dir, source=src.name, sha256=sha256,
-                            allow_bad_weights=allow_bad_weights)
+                            hash_checked=hash_checked, allow_bad_weights=allow_bad_weights)
 
 
 def convert_torch(arch: str | registry.Arch, model_or_state_dict: Any,

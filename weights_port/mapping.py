@@ -17,6 +17,7 @@ from ftjax.models import registry, vgg
 from weights_port import keys as keys_lib
 from weights_port import vit_mapping
 from weights_port.keys import KeyMismatchError, ShapeMismatchError  # re-exported
+from weights_port import convnet_mapping
 
 # torchvision counts BatchNorm updates in this buffer; ftjax has no use for it.
 IGNORED_SUFFIXES = (".num_batches_tracked",)
@@ -66,21 +67,27 @@ def _module_path(arch: registry.Arch, modules: tuple[str, ...]) -> list[str]:
   return ["features", str(_vgg_feature_index(depth, "_bn" in arch.name)[(top, rest[0])])]
 
 
-def torch_key(arch: registry.Arch, collection: str, path: tuple[str, ...]) -> str:
+def torch_key(arch: registry.Arch, collection: str, path: tuple[str, ...],
+              layout: str = convnet_mapping.TORCHVISION) -> str:
   """('params', ('layer1', '0', 'conv1', 'kernel')) -> 'layer1.0.conv1.weight'."""
+  if arch.family in convnet_mapping.FAMILIES:
+    return convnet_mapping.torch_key(arch, collection, path, layout)
   return ".".join(_module_path(arch, path[:-1]) + [_LEAF[(collection, path[-1])]])
 
 
-def expected_keys(arch: registry.Arch, num_classes: int = 1000):
+def expected_keys(arch: registry.Arch, num_classes: int = 1000,
+                  layout: str = convnet_mapping.TORCHVISION):
   """torch key -> (collection, flax path, flax shape), in Flax order."""
   shapes = registry.variable_shapes(arch, num_classes)
-  return {torch_key(arch, collection, path): (collection, path, leaf.shape)
+  return {torch_key(arch, collection, path, layout): (collection, path, leaf.shape)
           for collection in ("params", "batch_stats")
           for path, leaf in _flat(dict(shapes.get(collection, {})))}
 
 
 def _to_flax(arch: registry.Arch, path: tuple[str, ...], value: np.ndarray,
              flax_shape: tuple[int, ...]) -> np.ndarray:
+  if path[-1] == "layer_scale" and value.size == flax_shape[0]:
+    return value.reshape(-1)  # torchvision's (C, 1, 1), timm's (C,)
   if path[-1] != "kernel":
     return value
   if value.ndim == 4:  # conv OIHW -> HWIO
@@ -111,15 +118,26 @@ def normalize_keys(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
           if not key.endswith(IGNORED_SUFFIXES)}
 
 
-def _head_key(arch: registry.Arch) -> str:
-  return torch_key(arch, "params", ("head", "kernel"))
+def _head_key(arch: registry.Arch, layout: str) -> str:
+  return torch_key(arch, "params", ("head", "kernel"), layout)
+
+
+def layout_of(arch: str | registry.Arch, keys) -> str:
+  """Whose names a state dict uses: 'torchvision', or 'timm' (ViTs and ConvNeXt)."""
+  arch = registry.get_arch(arch) if isinstance(arch, str) else arch
+  if arch.family == "vit":
+    return vit_mapping.layout_of(keys) or arch.source
+  return convnet_mapping.detect_layout(arch, keys)
 
 
 def guess_arch(keys) -> str | None:
   """The registered architecture whose torch keys are exactly `keys`, if any."""
   keys = set(keys)
   for arch in registry.ARCHS.values():
-    if arch.family != "vit" and set(expected_keys(arch)) == keys:
+    # The classifier's key rules out most architectures without computing shapes.
+    if arch.family != "vit" and any(
+        _head_key(arch, layout) in keys and set(expected_keys(arch, layout=layout)) == keys
+        for layout in convnet_mapping.layouts(arch)):
       return arch.name
   return None
 
@@ -137,9 +155,10 @@ def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, np.ndarray],
         arch, state_dict, source,
         guess_other=lambda sd: guess_arch(normalize_keys(sd).keys()))
   state_dict = normalize_keys(state_dict)
-  head = state_dict.get(_head_key(arch))
+  layout = layout_of(arch, state_dict)
+  head = state_dict.get(_head_key(arch, layout))
   num_classes = int(head.shape[0]) if head is not None and head.ndim == 2 else 1000
-  expected = expected_keys(arch, num_classes)
+  expected = expected_keys(arch, num_classes, layout)
   missing = expected.keys() - state_dict.keys()
   unexpected = state_dict.keys() - expected.keys()
   if missing or unexpected:
@@ -147,7 +166,7 @@ def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, np.ndarray],
     hint = (f"It looks like a {guess} checkpoint: use --arch {guess}." if guess else
             f"Is --arch right? Valid names: {', '.join(registry.ARCHS)}.")
     raise KeyMismatchError(
-        f"{source}: does not match torchvision's {arch.name} ({len(expected)} tensors "
+        f"{source}: does not match {layout}'s {arch.name} ({len(expected)} tensors "
         f"expected, {len(state_dict)} found). Missing ({len(missing)}): "
         f"{_list(missing) or '-'}. Unexpected ({len(unexpected)}): "
         f"{_list(unexpected) or '-'}. {hint}")
@@ -167,8 +186,9 @@ def torch_to_flax(arch: str | registry.Arch, state_dict: dict[str, np.ndarray],
   return variables
 
 
-def flax_to_torch(arch: str | registry.Arch, variables: dict[str, Any]) -> dict[str, np.ndarray]:
-  """The inverse of `torch_to_flax`: a torchvision state_dict as numpy arrays."""
+def flax_to_torch(arch: str | registry.Arch, variables: dict[str, Any],
+                  layout: str = convnet_mapping.TORCHVISION) -> dict[str, np.ndarray]:
+  """The inverse of `torch_to_flax`: a torchvision (or timm) state_dict as numpy arrays."""
   arch = registry.get_arch(arch) if isinstance(arch, str) else arch
   if arch.family == "vit":
     return vit_mapping.flax_to_torch(arch, variables)
@@ -184,5 +204,7 @@ def flax_to_torch(arch: str | registry.Arch, variables: dict[str, Any]) -> dict[
         value = value.reshape(out_features, in_features)
       elif path[-1] == "kernel":
         value = value.T
-      out[torch_key(arch, collection, path)] = np.ascontiguousarray(value)
+      elif path[-1] == "layer_scale":
+        value = convnet_mapping.layer_scale_to_torch(value, layout)
+      out[torch_key(arch, collection, path, layout)] = np.ascontiguousarray(value)
   return out

@@ -1,4 +1,8 @@
-"""Compare converted weights with torchvision / timm on random input (needs torch)."""
+"""Compare converted weights with torchvision or timm on random input (needs torch).
+
+The reference model is timm's for timm's archs (ViT-Ti/S/B, DINOv2) and for state
+dicts in timm's key layout (ConvNeXt), torchvision's otherwise.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +35,13 @@ def torch_logits(arch: registry.Arch, state_dict, images_nchw: np.ndarray) -> np
   import torch  # pylint: disable=import-outside-toplevel
   import torchvision  # pylint: disable=import-outside-toplevel
 
-  num_classes = state_dict[_head_weight_key(arch)].shape[0]
-  model = getattr(torchvision.models, arch.name)(weights=None, num_classes=num_classes)
+  layout = mapping.layout_of(arch, state_dict)
+  num_classes = state_dict[_head_weight_key(arch, layout)].shape[0]
+  if layout == "timm":
+    import timm  # pylint: disable=import-outside-toplevel
+    model = timm.create_model(arch.name, pretrained=False, num_classes=num_classes)
+  else:
+    model = getattr(torchvision.models, arch.name)(weights=None, num_classes=num_classes)
   model.load_state_dict(state_dict)
   model.eval()
   with torch.no_grad():
@@ -73,9 +82,10 @@ def _load_torch(src) -> dict:
   return vit_mapping.normalize_keys(mapping.rename_legacy_keys(state_dict))
 
 
-def _head_weight_key(arch: registry.Arch) -> str:
-  return {"resnet": "fc.weight", "densenet": "classifier.weight",
-          "vgg": "classifier.6.weight", "vit": "heads.head.weight"}[arch.family]
+def _head_weight_key(arch: registry.Arch, layout: str) -> str:
+  if arch.family == "vit":
+    return "heads.head.weight"  # torchvision's ViTs (timm's go through timm_logits)
+  return mapping.torch_key(arch, "params", ("head", "kernel"), layout)
 
 
 def compare(arch: str | registry.Arch, weights_dir: str | os.PathLike,

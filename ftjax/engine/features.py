@@ -176,8 +176,7 @@ def check_supported(arch: str | registry.Arch, strategy: Strategy, *,
     raise ValueError(f"config.cache_features=True needs float32 compute (features are "
                      f"cached in float32); got compute_dtype={compute_dtype!r}. Set "
                      f"config.compute_dtype='float32', {fix}.")
-  has_bn = bool(jax.tree_util.tree_leaves(registry.variable_shapes(arch)["batch_stats"]))
-  if has_bn and strategy.bn_mode != "frozen":
+  if registry.has_batchnorm(arch) and strategy.bn_mode != "frozen":
     raise ValueError(f"config.cache_features=True with {arch.name} (BatchNorm) needs "
                      f"config.strategy_options.bn_mode='frozen': with bn_mode="
                      f"{strategy.bn_mode!r} the backbone normalises with each batch's "

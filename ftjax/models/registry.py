@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ftjax.models import densenet, resnet, vgg, vit
+from ftjax.models import convnext, densenet, efficientnet, resnet, vgg, vit
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -45,7 +45,7 @@ class Block:
 @dataclasses.dataclass(frozen=True)
 class Arch:
   name: str
-  family: str  # "resnet" | "densenet" | "vgg" | "vit"
+  family: str  # "resnet" | "densenet" | "vgg" | "vit" | "convnext" | "efficientnet"
   module: Callable[..., nn.Module]
   blocks: tuple[Block, ...]
   preprocessing: Preprocessing
@@ -77,6 +77,11 @@ _DENSENET_BLOCKS = _blocks("stem", "denseblock1", "transition1", "denseblock2",
 # VGG's sixth block is its whole classifier: fc1, fc2 and the new head.
 _VGG_BLOCKS = _blocks("stage1", "stage2", "stage3", "stage4", "stage5",
                       ("classifier", "head"))
+
+# ConvNeXt and EfficientNet: stem, stages, head; the last stage owns the
+# classifier's LayerNorm (ConvNeXt) or the final 1x1 conv (EfficientNet).
+_CONVNEXT_BLOCKS = _blocks("stem", "stage1", "stage2", "stage3", "stage4", "head")
+_EFFICIENTNET_BLOCKS = _blocks("stem", *(f"stage{i}" for i in range(1, 8)), "head")
 
 _resize = {"resnet": 232, "densenet": 256, "vgg": 256}
 
@@ -148,6 +153,18 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          (INCEPTION_MEAN, INCEPTION_STD), "augreg2_in21k_ft_in1k"),
     _vit("vit_small_patch14_dinov2", "timm", "model.safetensors", 224, tag="lvd142m"),
     _vit("vit_base_patch14_dinov2", "timm", "model.safetensors", 224, tag="lvd142m"),
+    # torchvision's resize per recipe; EfficientNet's recipes resize bicubic,
+    # ftjax antialiased bilinear (B4's recipe crops 380 px: set config.crop).
+    _arch("convnext_tiny", "convnext", convnext.ConvNeXtTiny, _CONVNEXT_BLOCKS,
+          "convnext_tiny-983f1562.pth", 236),
+    _arch("convnext_small", "convnext", convnext.ConvNeXtSmall, _CONVNEXT_BLOCKS,
+          "convnext_small-0c510722.pth", 230),
+    _arch("convnext_base", "convnext", convnext.ConvNeXtBase, _CONVNEXT_BLOCKS,
+          "convnext_base-6075fbad.pth", 232),
+    _arch("efficientnet_b0", "efficientnet", efficientnet.EfficientNetB0,
+          _EFFICIENTNET_BLOCKS, "efficientnet_b0_rwightman-7f5810bc.pth", 256),
+    _arch("efficientnet_b4", "efficientnet", efficientnet.EfficientNetB4,
+          _EFFICIENTNET_BLOCKS, "efficientnet_b4_rwightman-23ab8bcd.pth", 384),
 ]}
 
 # The three architectures of the paper.
@@ -205,6 +222,11 @@ def _size(tree) -> int:
 def param_count(arch: str | Arch, num_classes: int = 1000) -> int:
   """Trainable parameters (BatchNorm running statistics excluded, as in torch)."""
   return _size(variable_shapes(arch, num_classes)["params"])
+
+
+def has_batchnorm(arch: str | Arch) -> bool:
+  """False for ConvNeXt (LayerNorm only) and VGG without BN: no running statistics."""
+  return bool(jax.tree_util.tree_leaves(variable_shapes(arch)["batch_stats"]))
 
 
 def block_param_counts(arch: str | Arch, num_classes: int = 1000) -> dict[str, int]:

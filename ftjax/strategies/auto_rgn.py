@@ -5,7 +5,10 @@ tensor is averaged over the epoch's first `rgn_batches` minibatches (paper
 eq. 4); each tensor's learning rate becomes lr * RGN / max RGN, and Adam is
 re-created (moments reset) with those rates. BatchNorm tensors are left out
 of the optimizer (rgn_bn='exclude', as the reference code does by type) or get
-their own RGN ('include'). rgn_every='step' recomputes the weights from every
+their own RGN ('include'). On an architecture without BatchNorm (ConvNeXt,
+whose LayerNorm tensors get their own RGN as every other tensor; VGG without
+BN) there is nothing to exclude, and 'include' is refused as an option that
+cannot apply. rgn_every='step' recomputes the weights from every
 batch's own gradients instead (Adam still re-created each epoch).
 """
 

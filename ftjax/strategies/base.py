@@ -39,7 +39,8 @@ class SharedOptions:
   """Options every strategy reads."""
   adam_eps: float = option(1e-8, "Adam epsilon (torch's default)", minimum=0.0)
   bn_mode: str = option("train", "BatchNorm of frozen modules: 'train' (PyTorch "
-                        "model.train()) or 'frozen' (running statistics)",
+                        "model.train()) or 'frozen' (running statistics; refused "
+                        "for architectures without BatchNorm, e.g. ConvNeXt)",
                         choices=("train", "frozen"))
 
 

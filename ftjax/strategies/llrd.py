@@ -16,6 +16,12 @@ less. The groups are timm's fine grouping (`group_matcher(coarse=False)`):
   ViT       stem (patch embedding, class token, position embedding), then one
             group per transformer block; the final norm joins the last block's
             group, the head is last.
+  ConvNeXt  stem, then one group per block (stages.N.blocks.M); a stage's
+            downsampling layer joins its first block's group; the
+            classifier's LayerNorm (stage4's head_norm) joins the head's.
+  EfficientNet  stem (conv_stem, bn1), then one group per MBConv block
+            (blocks.N.M); the final 1x1 conv (stage7's conv_head) joins the
+            last block's group.
 
 With Adam a group's learning rate is a constant factor on its update, so the
 transform is gated Adam, then the per-tensor scale, then the learning rate.
@@ -94,9 +100,32 @@ def _vit_ordinal(path: Path) -> tuple[float, ...]:
   return LAST
 
 
+def _convnext_ordinal(path: Path) -> tuple[float, ...]:
+  top = path[0]
+  if top == "stem":
+    return (0.0,)
+  if top.startswith("stage") and path[1].startswith("downsample_"):
+    return (1.0, _number(top), 0.0)  # timm's (0,): the group of block 0
+  if top.startswith("stage") and path[1].isdigit():
+    return (1.0, _number(top), float(path[1]))
+  return LAST  # stage4's head_norm and the head
+
+
+def _efficientnet_ordinal(path: Path) -> tuple[float, ...]:
+  top = path[0]
+  if top == "stem":
+    return (0.0,)
+  if top.startswith("stage") and path[1] == "conv_head":
+    return (1.0, _number(top), JOIN_PREVIOUS)
+  if top.startswith("stage"):
+    return (1.0, _number(top), float(path[1]))
+  return LAST
+
+
 ORDINALS: dict[str, Callable[[Path], tuple[float, ...]]] = {
     "resnet": _resnet_ordinal, "densenet": _densenet_ordinal, "vgg": _vgg_ordinal,
-    "vit": _vit_ordinal}
+    "vit": _vit_ordinal, "convnext": _convnext_ordinal,
+    "efficientnet": _efficientnet_ordinal}
 
 
 def _names(path) -> Path:

@@ -1,7 +1,9 @@
 """Strategies that train a part of the pretrained network, plus the head.
 
 bitfit    (Ben Zaken et al. 2022) every bias and every BatchNorm scale and
-          shift, plus the whole head; kernels stay bitwise as loaded. All
+          shift, plus the whole head; kernels stay bitwise as loaded. On
+          ConvNeXt, which has no BatchNorm, the normalisation scales and
+          shifts are its LayerNorms'; its layer scales stay frozen. All
           modules are differentiated (a bias's gradient needs the backward
           pass through the whole network); the kernels' gradients are
           replaced by zeros before Adam, which holds no state for them.
@@ -92,7 +94,8 @@ def _surgical(arch: Arch, options: SurgicalOptions) -> Built:
 
 
 DEFINITIONS = (
-    Definition("bitfit", "biases and BatchNorm scales / shifts, plus the head; Adam",
+    Definition("bitfit", "biases and normalisation scales / shifts (BatchNorm; "
+               "LayerNorm on ConvNeXt), plus the head; Adam",
                SharedOptions, _bitfit),
     Definition("surgical", "one block (`surgical_block`, default the first) plus the "
                "head; Adam", SurgicalOptions, _surgical),

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import optax
 
 from ftjax import paper_results
-from ftjax.models.registry import Arch, get_arch
+from ftjax.models.registry import Arch, get_arch, has_batchnorm
 from ftjax.strategies import auto_rgn, bss, freezing, knn, llrd, partial, sp, wise_ft
 from ftjax.options import check_options
 from ftjax.strategies.base import HOOKS, LR_NAME, Definition, SharedOptions, Strategy
@@ -83,6 +83,23 @@ def uses_lr(name: str) -> bool:
   return _definition(name).uses_lr
 
 
+def check_applies(arch: Arch, options: Any) -> None:
+  """Refuses a BatchNorm option on an architecture without BatchNorm (ConvNeXt,
+  VGG without _bn), where it would change nothing. Their defaults ('train',
+  'exclude') are what such an architecture does anyway."""
+  if has_batchnorm(arch):
+    return
+  why = (f"{arch.name} has no BatchNorm (no running statistics"
+         + ("; its LayerNorm layers normalise each example by itself)" if
+            arch.family == "convnext" else ")"))
+  if options.bn_mode == "frozen":
+    raise ValueError(f"bn_mode='frozen' cannot apply: {why}. Leave bn_mode at 'train' "
+                     f"for {arch.name}.")
+  if getattr(options, "rgn_bn", "exclude") == "include":
+    raise ValueError(f"rgn_bn='include' cannot apply: {why}, so every tensor already "
+                     f"gets its own RGN. Leave rgn_bn at 'exclude' for {arch.name}.")
+
+
 def get_strategy(name: str, arch: str | Arch,
                  config: Mapping[str, Any] | None = None) -> Strategy:
   """The strategy `name` for `arch`; `config` holds its options and 'lr'.
@@ -96,6 +113,7 @@ def get_strategy(name: str, arch: str | Arch,
   given = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
   lr = given.get("lr", DEFAULT_LR)
   options = options_of(name, config)
+  check_applies(arch, options)
   built = definition.build(arch, options)
   transform = optax.inject_hyperparams(built.transform)(**{LR_NAME: lr})
   return Strategy(name=name, transform=transform, plan=built.plan,

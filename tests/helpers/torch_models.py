@@ -31,21 +31,31 @@ def vgg_block_output_modules(model: torchvision.models.VGG) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=None)
-def random_model(arch: str, num_classes: int = 1000, seed: int = 0) -> torch.nn.Module:
-  """torchvision's init plus random BatchNorm affine and running statistics.
+def random_model(arch: str, num_classes: int = 1000, seed: int = 0,
+                 source: str = "torchvision") -> torch.nn.Module:
+  """torchvision's (or timm's) init plus random normalisation layers and layer scales.
 
-  Freshly initialised BatchNorm layers are the identity in eval mode, which
-  would hide a wrong mapping of their four tensors.
+  Freshly initialised BatchNorm and LayerNorm layers are the identity in eval
+  mode and ConvNeXt's layer scales start at 1e-6, which would hide a wrong
+  mapping of their tensors.
   """
   torch.manual_seed(seed)
-  model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+  if source == "timm":
+    import timm  # pylint: disable=import-outside-toplevel
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+  else:
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
   with torch.no_grad():
     for module in model.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
+      if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
         module.weight.uniform_(0.5, 1.5)
         module.bias.normal_(0.0, 0.1)
+      if isinstance(module, torch.nn.BatchNorm2d):
         module.running_mean.normal_(0.0, 0.1)
         module.running_var.uniform_(0.5, 1.5)
+    for name, param in model.named_parameters():
+      if name.endswith(("layer_scale", "gamma")):  # torchvision's and timm's names
+        param.uniform_(0.2, 1.0)
   return model.eval()
 
 
