@@ -270,7 +270,7 @@ def test_batchnorm_options_that_cannot_apply_are_refused():
 
 
 def test_llrd_groups_equal_timm_layer_decay():
-  from tests import torch_reference_partial as ref  # pylint: disable=import-outside-toplevel
+  from tests.helpers import torch_reference_partial as ref  # pylint: disable=import-outside-toplevel
   arch = registry.get_arch("convnext_tiny")
   scales = lr_scales("convnext", registry.variable_shapes(arch, 3)["params"], 0.7)
   ours = {mapping.torch_key(arch, "params", tuple(str(k.key) for k in path), "timm"): s

@@ -82,7 +82,7 @@ def _convert(args) -> int:
                                   expected_sha256=args.sha256)
   hashed = ("matches " + ("--sha256" if args.sha256 else "the hash in the file name")
             if manifest["hash_checked"] else
-            "recorded, not checked (no hash in the file name; --sha256 checks one)"
+            "recorded, not checked (no hash in the file name); --sha256 checks one"
             if args.check_hash else "recorded, not checked (--no-check-hash)")
   print(f"Found {manifest['layout']}'s key layout. Wrote {args.out}: "
         f"{manifest['param_count']:,} parameters, {manifest['num_classes']} classes, "
