@@ -17,6 +17,7 @@ import sklearn.metrics
 
 from ftjax import report, sweep
 from tests.helpers import reports
+from tests.helpers.data_trees import write_image
 from tests.helpers.reports import KNEE
 from tests.helpers import REPO
 from tests.helpers.sweeps import write_result
@@ -168,11 +169,11 @@ def test_missing_config_file_is_one_line(module, tmp_path):
 
 
 def _folder(root: pathlib.Path, per_class: int, patients: int = 0) -> pathlib.Path:
-  from tests.helpers.data_trees import write_image
-  for label in ("a", "b"):
+  for c, label in enumerate(("a", "b")):
     for i in range(per_class):
       prefix = f"p{label}{i % patients}_" if patients else ""
-      write_image(root / label / f"{prefix}{i}.png", seed=i)
+      # A seed per image: identical pixels under two classes are refused.
+      write_image(root / label / f"{prefix}{i}.png", seed=c * per_class + i)
   return root
 
 

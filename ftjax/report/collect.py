@@ -93,7 +93,9 @@ def _metric_values(results: dict[str, Any], split: str) -> dict[str, float]:
   if not isinstance(values, dict):
     raise TypeError(f"{split} is {type(values).__name__}, not metric values")
   for name, value in values.items():
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # null, like NaN, is a seed without a value of that metric (`value_of`); a string
+    # or a list is not a metric at all.
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
       raise TypeError(f"{split} metric {name!r} is {value!r}, not a number")
   return values
 

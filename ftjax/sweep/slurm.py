@@ -53,10 +53,11 @@ import submitit
 from ftjax import compile_cache
 from ftjax.engine import loop
 from ftjax import run as run_lib
-from ftjax.sweep import local, plan
+from ftjax.sweep import local
+from ftjax.sweep import plan as grid_plan
 from ftjax.sweep.slurm_options import LaunchError, SlurmOptions, check_text
 
-LAUNCHERS = plan.LAUNCHERS
+LAUNCHERS = grid_plan.LAUNCHERS
 SUBMITIT_DIR = ".submitit"  # submitit's pickles and job logs, inside the sweep workdir
 SUBMITTED_NAME = "submitted.json"  # run name -> the job that was submitted for it
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # plus submitit's own (SIGUSR2)
@@ -100,13 +101,13 @@ class RunTask(submitit.helpers.Checkpointable):
 
   def __init__(self, sweep_config: ml_collections.ConfigDict, workdir: str,
                retry_diverged: bool = False, retry_failed: bool = False,
-               max_attempts: int = plan.MAX_ATTEMPTS):
+               max_attempts: int = grid_plan.MAX_ATTEMPTS):
     self.sweep_config = sweep_config
     self.workdir = workdir
     self.retry = dict(retry_diverged=retry_diverged, retry_failed=retry_failed,
                       max_attempts=max_attempts)
 
-  def __call__(self, spec: plan.RunSpec) -> dict[str, Any]:
+  def __call__(self, spec: grid_plan.RunSpec) -> dict[str, Any]:
     requeue = _stop_at_safe_point()
     os.environ.update(local.memory_environment(int(self.sweep_config.get("runs_per_gpu", 1))))
     compile_cache.enable(compile_cache.directory(self.sweep_config, self.workdir))
@@ -118,7 +119,7 @@ class RunTask(submitit.helpers.Checkpointable):
       print(f"{spec.name}: {preempted}; asking to be requeued.", flush=True)
       requeue()
       raise
-    out, err = plan.summary_lines(summary, self.workdir, self.retry["max_attempts"])
+    out, err = grid_plan.summary_lines(summary, self.workdir, self.retry["max_attempts"])
     print("\n".join(out + err), flush=True)
     print(f"compile cache: {stats.hits} hits, {stats.misses} misses, "
           f"{stats.compile_seconds:.1f} s compiling", flush=True)
@@ -207,19 +208,19 @@ def _process_alive(pid: int) -> bool:
 @dataclasses.dataclass
 class Plan:
   """Each run's status and what to do with it."""
-  states: dict[plan.RunSpec, str]
-  queued: dict[plan.RunSpec, str]  # run -> its job, still in the queue
-  not_retried: dict[plan.RunSpec, str]  # run -> "diverged" / "given up"
-  submit: list[plan.RunSpec]
+  states: dict[grid_plan.RunSpec, str]
+  queued: dict[grid_plan.RunSpec, str]  # run -> its job, still in the queue
+  not_retried: dict[grid_plan.RunSpec, str]  # run -> "diverged" / "given up"
+  submit: list[grid_plan.RunSpec]
 
 
 def plan(sweep_config: ml_collections.ConfigDict, workdir: pathlib.Path,
-         specs: Sequence[plan.RunSpec], launcher: str, *, retry_diverged: bool = False,
-         retry_failed: bool = False, max_attempts: int = plan.MAX_ATTEMPTS) -> Plan:
+         specs: Sequence[grid_plan.RunSpec], launcher: str, *, retry_diverged: bool = False,
+         retry_failed: bool = False, max_attempts: int = grid_plan.MAX_ATTEMPTS) -> Plan:
   """The rule: a run is submitted unless it is done, running (its lock is held),
   queued (its recorded job is still queued), or not to be retried (diverged, or
   failed max_attempts times) -- the local sweep's rules, plus the queue."""
-  states = {s: run_lib.status(s.directory(workdir), plan.expected_identity(
+  states = {s: run_lib.status(s.directory(workdir), grid_plan.expected_identity(
       s.config(sweep_config.base))) for s in specs}
   unfinished = {s.name for s in specs if states[s] not in NOT_SUBMITTED}
   recorded = {name: str(entry.get("job_id")) for name, entry in read_submitted(workdir).items()
@@ -229,7 +230,7 @@ def plan(sweep_config: ml_collections.ConfigDict, workdir: pathlib.Path,
   queued = {s: recorded[s.name] for s in specs if recorded.get(s.name) in alive}
   skipped = {}
   for spec in specs:
-    reason = plan.not_retried(spec.directory(workdir), retry_diverged=retry_diverged,
+    reason = grid_plan.not_retried(spec.directory(workdir), retry_diverged=retry_diverged,
                                retry_failed=retry_failed, max_attempts=max_attempts)
     if reason and states[spec] not in NOT_SUBMITTED:
       skipped[spec] = reason
@@ -287,7 +288,7 @@ def job_name(workdir: pathlib.Path) -> str:
 
 
 def submit(sweep_config: ml_collections.ConfigDict, workdir: pathlib.Path,
-           specs: Sequence[plan.RunSpec], launcher: str, **retry: Any) -> list[Any]:
+           specs: Sequence[grid_plan.RunSpec], launcher: str, **retry: Any) -> list[Any]:
   """Submits the plan's runs as one job array; records and returns the jobs."""
   p = plan(sweep_config, workdir, specs, launcher, **retry)
   print(describe_plan(p), flush=True)
@@ -314,7 +315,7 @@ def wait(jobs: Sequence[Any], launcher: str, poll_seconds: float) -> None:
     time.sleep(poll_seconds)
 
 
-def main(sweep_config: ml_collections.ConfigDict, workdir: str, specs: Sequence[plan.RunSpec],
+def main(sweep_config: ml_collections.ConfigDict, workdir: str, specs: Sequence[grid_plan.RunSpec],
          launcher: str, *, dry_run: bool, wait_for_jobs: bool, poll_seconds: float,
          **retry: Any) -> int:
   """`ftjax.sweep --launcher slurm|submitit_local`; returns the exit status."""
