@@ -102,10 +102,12 @@ def convert_state_dict(arch: str | registry.Arch, state_dict: dict[str, Any],
   return manifest
 
 
-def _max_total_bytes(arch: registry.Arch) -> int:
-  """The .pth reader's cap on all storages: its default, or twice the arch's float32
-  parameters where that is more (vit_l_16's file, 1.1 GiB, is over the default)."""
-  return max(pth.DEFAULT_MAX_TOTAL_BYTES, 2 * 4 * registry.param_count(arch))
+def _max_total_bytes(src: pathlib.Path) -> int:
+  """The .pth reader's cap on all storages: its default, or the file's size where that
+  is more (vit_l_16's file, 1.1 GiB, is over the default). Stored storages are never
+  larger than the file; counting the arch's parameters instead would start JAX, which
+  a converter under a memory limit cannot afford."""
+  return max(pth.DEFAULT_MAX_TOTAL_BYTES, src.stat().st_size)
 
 
 def convert_file(arch: str | registry.Arch, src: str | os.PathLike,
@@ -124,7 +126,7 @@ def convert_file(arch: str | registry.Arch, src: str | os.PathLike,
   if safetensors_file.is_safetensors(src):
     state_dict = safetensors_file.read_state_dict(src)
   else:
-    state_dict = pth.read_state_dict(src, max_total_bytes=_max_total_bytes(arch))
+    state_dict = pth.read_state_dict(src, max_total_bytes=_max_total_bytes(src))
   return convert_state_dict(arch, state_dict, out_dir, source=src.name, sha256=sha256,
                             hash_checked=hash_checked, allow_bad_weights=allow_bad_weights)
 
