@@ -225,7 +225,8 @@ def param_count(arch: str | Arch, num_classes: int = 1000) -> int:
 
 
 def has_batchnorm(arch: str | Arch) -> bool:
-  """False for ConvNeXt (LayerNorm only) and VGG without BN: no running statistics."""
+  """False for ConvNeXt and the ViTs (LayerNorm only) and VGG without BN: no running
+  statistics."""
   return bool(jax.tree_util.tree_leaves(variable_shapes(arch)["batch_stats"]))
 
 
