@@ -166,3 +166,19 @@ def test_data_stage_prepares_synthetic_data_and_measures_the_loader(tmp_path):
   assert r["stage"] == "data" and r["dataset"] == "synthetic"
   assert r["train_images"] > 0 and r["images_timed"] >= 8
   assert _positive(r["images_per_s"])
+
+
+@pytest.mark.parametrize("arch", ["vit_tiny_patch16_224", "convnext_tiny"])
+def test_step_stage_times_the_modern_families(arch):
+  """The throughput suite runs the ViT and ConvNeXt steps like the CNNs' (CPU, tiny)."""
+  (r,) = throughput.main(["--arch", arch, "--strategy", "ft", "--batch", "2", "--size", "32",
+                          "--steps", "1", "--warmup", "1", "--fast-compile"])
+  assert r["arch"] == arch and r["loss_finite"] and _positive(r["images_per_s"])
+  assert _positive(r["flops_per_step"]) and _positive(r["compiled_bytes"])
+  assert 0 < r["trainable_params"] == r["total_params"]
+
+
+def test_modern_suite_lists_the_modern_families():
+  args = throughput.parse_args(["--suite", "modern", "--strategy", "ft"])
+  assert args.arch == ["vit_b_16", "vit_base_patch14_dinov2", "convnext_tiny",
+                       "efficientnet_b0"]

@@ -82,6 +82,9 @@ def _phase_spec(text: str) -> str:
   raise argparse.ArgumentTypeError(f"--phase must be 'last', 'all' or an index >= 0, got {text!r}")
 
 
+# The architectures of each --suite: the paper's CNNs, and the families compared today.
+SUITES = {"paper": tuple(PAPER_ARCHS),
+          "modern": ("vit_b_16", "vit_base_patch14_dinov2", "convnext_tiny", "efficientnet_b0")}
 # Defaults of a plain run, and of --smoke (CPU, seconds); explicit flags win over both.
 _DEFAULTS = dict(arch=["resnet50"], strategy=["ft"], batch=64, size=224, steps=20, warmup=3,
                  phase="last", steps_per_epoch=100, fast_compile=False, num_train=1024)
@@ -95,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="\n".join(__doc__.splitlines()[1:9]))
   p.add_argument("--stage", choices=("step", "data", "e2e", "all"), default="step")
-  p.add_argument("--suite", choices=("paper",),
-                 help=f"paper: {', '.join(PAPER_ARCHS)} x all {len(STRATEGIES)} strategies "
-                      "(--arch / --strategy narrow it)")
+  p.add_argument("--suite", choices=tuple(SUITES),
+                 help=f"paper: {', '.join(SUITES['paper'])}; modern: "
+                      f"{', '.join(SUITES['modern'])}; each x all {len(STRATEGIES)} "
+                      "strategies (--arch / --strategy narrow it)")
   p.add_argument("--smoke", action="store_true",
                  help="tiny CPU run: resnet18, 32 px, batch 4, 3 steps, "
                       f"{', '.join(SMOKE_STRATEGIES)}, every phase")
@@ -149,8 +153,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = build_parser()
   args = parser.parse_args(argv)
   defaults = dict(_SMOKE if args.smoke else _DEFAULTS)
-  if args.suite == "paper":
-    defaults.update(arch=list(PAPER_ARCHS), strategy=list(STRATEGIES))
+  if args.suite:
+    defaults.update(arch=list(SUITES[args.suite]), strategy=list(STRATEGIES))
   for key, value in defaults.items():
     if getattr(args, key) is None:
       setattr(args, key, value)
