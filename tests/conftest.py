@@ -115,6 +115,11 @@ EXTENDED = frozenset({
     "test_sweep_report.py::test_report_skips_diverged_runs_and_their_learning_rate",
     "test_weights_port.py::test_convert_file_then_load_pretrained_matches_torchvision_224"
     "[vgg11-True]",
+    # The throughput suite's --smoke run (every phase of four strategies) and its checks.
+    "test_benchmarks.py::test_smoke_records_have_sane_fields",
+    "test_benchmarks.py::test_smoke_times_every_phase_of_g_lf",
+    "test_benchmarks.py::test_smoke_auto_rgn_probe_is_timed_and_amortised",
+    "test_benchmarks.py::test_smoke_markdown_has_one_row_per_configuration",
 })
 
 
